@@ -56,7 +56,7 @@ checkpoint_every = 1000  # write output_dir/checkpoint.pt every this many epochs
 seed = 0  # seeds torch, numpy and random: the same seed and settings give the same result on a CPU
 device = "auto"  # auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps
 amp_dtype = "auto"  # auto (float16 on CUDA, bfloat16 on CPU, float32 on MPS), float16, bfloat16 or float32
-compile = False  # torch.compile the loss computation: slower start, faster steps where it wins
+compile = "auto"  # torch.compile the step's loss: auto (where it repays its start-up time), on or off
 output_dir = "."  # where results, history.csv and checkpoint.pt are written (created if missing)
 resume = ""  # '' starts afresh; 'auto' (or a bare --resume) continues output_dir/checkpoint.pt; or a path
 # -----------------------------------------------------------------------------
@@ -66,11 +66,15 @@ SETTINGS = {name: value for name, value in globals().items()
 # Changing these would make a checkpoint's network answer a different question.
 PROBLEM_SETTINGS = ("image_path", "image_size", "blur_radius")
 AMP_DTYPES = ("auto", "float16", "bfloat16", "float32")
+COMPILE_CHOICES = ("auto", "on", "off")
 CHECKPOINT_NAME = "checkpoint.pt"
 # What downloading or torch.load-ing a damaged, foreign or missing file raises (URLError is an OSError).
 LOAD_ERRORS = (OSError, RuntimeError, ValueError, EOFError, KeyError, pickle.UnpicklingError)
 # A checkpoint (~16 MB), two figures and an image must fit in output_dir.
 MIN_FREE_BYTES = 64 * 2**20
+# Where compiling the step repays its start-up time on a CPU (benchmarks/RESULTS.md).
+COMPILE_MIN_SIZE = 256
+COMPILE_MIN_EPOCHS = 500
 # Steps timed after the first (which includes warm-up) to predict the run's duration.
 TIMED_STEPS = 3
 
@@ -136,6 +140,7 @@ def check_settings(cfg):
         ("log_every", cfg.log_every > 0, "must be a positive whole number"),
         ("checkpoint_every", cfg.checkpoint_every > 0, "must be a positive whole number"),
         ("amp_dtype", cfg.amp_dtype in AMP_DTYPES, f"must be one of {', '.join(AMP_DTYPES)}"),
+        ("compile", cfg.compile in COMPILE_CHOICES, f"must be one of {', '.join(COMPILE_CHOICES)}"),
     ]
     for name, ok, requirement in rules:
         if not ok:
@@ -313,7 +318,15 @@ def make_optimizer(net, cfg, device):
                             fused=device.type in ("cuda", "cpu"))
 
 
-def make_loss_fn(net, vgg, sharp, cfg, device, amp_dtype):
+def should_compile(cfg, device):
+    """torch.compile costs ~30 s before the first step; 'auto' uses it where benchmarks showed it repaid."""
+    if cfg.compile != "auto":
+        return cfg.compile == "on"
+    return device.type == "cuda" or (device.type == "cpu" and cfg.image_size >= COMPILE_MIN_SIZE
+                                      and cfg.num_epochs >= COMPILE_MIN_EPOCHS)
+
+
+def make_loss_fn(net, vgg, sharp, cfg, device, amp_dtype, compiled):
     """A function of the blurred input giving (total, mse, perceptual) under autocast."""
     autocast = {"device_type": device.type, "dtype": amp_dtype, "enabled": amp_dtype != torch.float32}
     target_maps = None
@@ -330,7 +343,7 @@ def make_loss_fn(net, vgg, sharp, cfg, device, amp_dtype):
             perceptual = zero if vgg is None else perceptual_distance(vgg.feature_maps(prediction), target_maps)
             return cfg.mse_weight * mse + cfg.perceptual_weight * perceptual, mse, perceptual
 
-    return torch.compile(losses) if cfg.compile else losses
+    return torch.compile(losses) if compiled else losses
 
 
 def train_step(loss_fn, blurred, net, optimizer, scaler, max_grad_norm):
@@ -376,7 +389,7 @@ def train(state, cfg, step, save_checkpoint, write_history):
     """
     first = state.epoch + 1
     timer = (state.epoch, time.perf_counter())
-    state.good = None
+    state.good = snapshot(step.net)
     with StopOnCtrlC() as ctrl_c:
         for epoch in range(first, cfg.num_epochs + 1):
             losses = step()
@@ -385,8 +398,9 @@ def train(state, cfg, step, save_checkpoint, write_history):
                 if epoch == first:
                     warmed_up = time.perf_counter()
                 else:
-                    predict_duration((time.perf_counter() - warmed_up) / TIMED_STEPS, cfg)
-            last = epoch == cfg.num_epochs or ctrl_c.requested
+                    predict_duration((time.perf_counter() - warmed_up) / TIMED_STEPS, cfg.num_epochs - first + 1)
+            stopping = ctrl_c.requested  # read once: a Ctrl-C arriving later waits for the next epoch
+            last = epoch == cfg.num_epochs or stopping
             logs = epoch % cfg.log_every == 0
             checkpoints = epoch % cfg.checkpoint_every == 0 or last
             if not (logs or checkpoints):
@@ -399,7 +413,7 @@ def train(state, cfg, step, save_checkpoint, write_history):
             state.epoch = epoch
             state.elapsed += now - timer[1]
             # Results on a later divergence come from the last weights known to be finite.
-            state.good = {k: v.detach().clone() for k, v in step.net.state_dict().items()}
+            state.good = snapshot(step.net)
             if logs:
                 rate = (epoch - timer[0]) / (now - timer[1])
                 state.history.append([epoch, total, mse, perceptual, psnr_from_mse(mse), state.elapsed])
@@ -411,19 +425,23 @@ def train(state, cfg, step, save_checkpoint, write_history):
             if checkpoints:
                 save_checkpoint()
             timer = (epoch, now)
-            if ctrl_c.requested:
+            if stopping:
                 return "stopped"
     return "done"
+
+
+def snapshot(net):
+    return {name: tensor.detach().clone() for name, tensor in net.state_dict().items()}
 
 
 def weights_are_finite(net):
     return bool(torch.stack([p.isfinite().all() for p in net.parameters()]).all())
 
 
-def predict_duration(per_epoch, cfg):
-    total = per_epoch * cfg.num_epochs
-    print(f"Measured {per_epoch:.3g} s/epoch: {cfg.num_epochs} epochs will take about "
-          f"{format_duration(total)} in all.", flush=True)
+def predict_duration(per_epoch, epochs):
+    total = per_epoch * epochs
+    print(f"Measured {per_epoch:.3g} s/epoch: {epochs} epochs will take about {format_duration(total)}.",
+          flush=True)
     if total > 3600:
         print("That is a long run (Ctrl-C stops it cleanly and --resume continues it). For a quick "
               "look: python Deblur.py --image_size 128 --num_epochs 500", flush=True)
@@ -463,7 +481,10 @@ def load_checkpoint(path):
     try:
         # weights_only: a checkpoint is data; a file that would run code is refused, not executed.
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise DeblurError(f"{path} is not a readable checkpoint (damaged, or not a PyTorch file); "
+                              f"run without --resume to start afresh") from None
         raise DeblurError(f"refusing {path}: it holds Python objects other than tensors and plain values, "
                           f"so it is not a Deblur checkpoint and will not be run") from None
     except LOAD_ERRORS as e:
@@ -608,14 +629,14 @@ def run(cfg, vgg_weights):
         note(f"this is a fresh run; the earlier {CHECKPOINT_NAME} was moved to {kept} (--resume continues a run)")
 
     sharp, blurred = image_to_tensor(sharp_image, chosen), image_to_tensor(blurred_image, chosen)
+    compiled = should_compile(cfg, chosen)
     baseline = image_quality(blurred, sharp)
     loss = f"{cfg.mse_weight}*MSE" + (f" + {cfg.perceptual_weight}*VGG19 perceptual" if vgg else "")
     print(f"Image: {cfg.image_path} at {cfg.image_size}x{cfg.image_size}, blur radius {cfg.blur_radius}; "
           f"blurred baseline PSNR {baseline[0]:.2f} dB, SSIM {baseline[1]:.4f}")
     print(f"Training epochs {state.epoch + 1} to {cfg.num_epochs} on {chosen}, AMP {str(amp).removeprefix('torch.')}, "
-          f"loss {loss}, lr {cfg.lr}, compile {'on' if cfg.compile else 'off'}; outputs in {out.resolve()}")
-
-    loss_fn = make_loss_fn(net, vgg, sharp, cfg, chosen, amp)
+          f"loss {loss}, lr {cfg.lr}, compile {'on' if compiled else 'off'}; outputs in {out.resolve()}")
+    loss_fn = make_loss_fn(net, vgg, sharp, cfg, chosen, amp, compiled)
 
     def step():
         return train_step(loss_fn, blurred, net, optimizer, scaler, cfg.max_grad_norm)
@@ -631,19 +652,18 @@ def run(cfg, vgg_weights):
             raise
         raise DeblurError(f"out of memory on {chosen} at image_size {cfg.image_size}; "
                           f"try a smaller --image_size such as {cfg.image_size // 2}", 1) from None
-    if outcome == "diverged" and state.good is not None:
+    if outcome == "diverged":
         net.load_state_dict(state.good)
 
     net.eval()
     with torch.no_grad():
         restored = net(blurred)
-    if outcome != "diverged" or state.good is not None:
-        save_results(out, sharp, blurred, restored, baseline, state.history)
+    save_results(out, sharp, blurred, restored, baseline, state.history)
 
     if outcome == "diverged":
-        kept = f"results are from epoch {state.epoch}'s weights" if state.good else "no results were written"
         raise DeblurError(f"the loss became NaN or infinite by epoch {state.diverged_at}, so training stopped; "
-                          f"{kept} and the last good checkpoint was kept. lr {cfg.lr} is probably too high: "
+                          f"results are from epoch {state.epoch}'s weights, the last good ones, and the last "
+                          f"good checkpoint was kept. lr {cfg.lr} is probably too high: "
                           f"try --lr {cfg.lr / 10:g}", 1)
     print(f"Results are in {out.resolve()}: comparison.png, reconstructed_image.jpg, history.csv, "
           f"training_curves.png and {CHECKPOINT_NAME}")

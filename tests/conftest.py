@@ -1,0 +1,48 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(autouse=True)
+def headless_and_offline(monkeypatch, tmp_path):
+    """No window can open, and an empty TORCH_HOME means no test ever finds (or fetches) real VGG weights."""
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+
+
+def make_photo(size=(48, 40), seed=0):
+    """A small RGB test picture with edges, gradients and noise, so that blur visibly changes it."""
+    width, height = size
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    pixels = np.stack([(x * 255 // max(width - 1, 1)), ((x // 6 + y // 6) % 2) * 255,
+                       (y * 255 // max(height - 1, 1))], axis=-1).astype(np.float64)
+    pixels += rng.normal(0, 12, pixels.shape)
+    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8), "RGB")
+
+
+@pytest.fixture
+def photo_path(tmp_path):
+    path = tmp_path / "photo.png"
+    make_photo().save(path)
+    return path
+
+
+def tiny_run_args(image, out, *extra):
+    """Arguments for a run that takes seconds: 32 px, a few epochs, MSE only unless extra says otherwise."""
+    return ["--image_path", str(image), "--image_size", "32", "--num_epochs", "4", "--log_every", "2",
+            "--compile", "off", "--perceptual_weight", "0", "--output_dir", str(out), *extra]
+
+
+def run_script(*args, cwd=None, timeout=120, **popen):
+    env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "Deblur.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout, **popen)
