@@ -72,9 +72,9 @@ CHECKPOINT_NAME = "checkpoint.pt"
 LOAD_ERRORS = (OSError, RuntimeError, ValueError, EOFError, KeyError, pickle.UnpicklingError)
 # A checkpoint (~16 MB), two figures and an image must fit in output_dir.
 MIN_FREE_BYTES = 64 * 2**20
-# Where compiling the step repays its start-up time on a CPU (benchmarks/RESULTS.md).
-COMPILE_MIN_SIZE = 256
-COMPILE_MIN_EPOCHS = 500
+# On a CPU, compiling costs ~20 s once and saves ~2 ms per epoch per 1000 pixels of the image
+# (benchmarks/RESULTS.md): it repays itself after ~10M pixel-epochs; 'auto' asks for twice that.
+COMPILE_MIN_PIXEL_EPOCHS = 20_000_000
 # Steps timed after the first (which includes warm-up) to predict the run's duration.
 TIMED_STEPS = 3
 
@@ -197,7 +197,7 @@ def to_rgb(image, name):
     if mode.startswith("I"):
         # 16-bit (I;16) or 32-bit integer grey: Pillow's own convert clips instead of rescaling.
         pixels = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if pixels.max() > 255 else 255.0
+        top = 65535.0 if mode.startswith("I;16") or pixels.max() > 255 else 255.0
         note(f"{name} is {mode} greyscale; rescaled it to 8 bits and converted it to RGB")
         return Image.fromarray(np.round(pixels / top * 255).clip(0, 255).astype(np.uint8)).convert("RGB")
     note(f"{name} is {mode}; converted it to RGB")
@@ -293,7 +293,7 @@ def pick_device(name):
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if not available.get(chosen.type, False):
         raise DeblurError(f"--device {name}: no such device on this machine; use --device auto or cpu")
-    if chosen.type == "cuda":
+    if chosen.type == "cuda":  # as the original: TF32 matmuls and convolutions on Ampere and newer
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return chosen
@@ -319,11 +319,11 @@ def make_optimizer(net, cfg, device):
 
 
 def should_compile(cfg, device):
-    """torch.compile costs ~30 s before the first step; 'auto' uses it where benchmarks showed it repaid."""
+    """'auto': on CUDA, and on a CPU for runs long enough to repay the compilation."""
     if cfg.compile != "auto":
         return cfg.compile == "on"
-    return device.type == "cuda" or (device.type == "cpu" and cfg.image_size >= COMPILE_MIN_SIZE
-                                      and cfg.num_epochs >= COMPILE_MIN_EPOCHS)
+    pixel_epochs = cfg.num_epochs * cfg.image_size**2
+    return device.type == "cuda" or (device.type == "cpu" and pixel_epochs >= COMPILE_MIN_PIXEL_EPOCHS)
 
 
 def make_loss_fn(net, vgg, sharp, cfg, device, amp_dtype, compiled):
@@ -343,7 +343,11 @@ def make_loss_fn(net, vgg, sharp, cfg, device, amp_dtype, compiled):
             perceptual = zero if vgg is None else perceptual_distance(vgg.feature_maps(prediction), target_maps)
             return cfg.mse_weight * mse + cfg.perceptual_weight * perceptual, mse, perceptual
 
-    return torch.compile(losses) if compiled else losses
+    if not compiled:
+        return losses
+    # Where torch.compile cannot work (no C++ compiler, no Triton), run eagerly rather than stop.
+    torch._dynamo.config.suppress_errors = True
+    return torch.compile(losses)
 
 
 def train_step(loss_fn, blurred, net, optimizer, scaler, max_grad_norm):
@@ -381,15 +385,15 @@ def format_duration(seconds):
     return str(timedelta(seconds=round(seconds)))
 
 
-def train(state, cfg, step, save_checkpoint, write_history):
-    """Runs epochs state.epoch + 1 .. num_epochs; returns 'done', 'stopped' or 'diverged'.
+def train(state, cfg, net, step, save_checkpoint, write_history):
+    """Runs `step` for epochs state.epoch + 1 .. num_epochs; returns 'done', 'stopped' or 'diverged'.
 
     Losses stay on the device except on the epochs that log or checkpoint: reading them is
     what makes the host wait for the device.
     """
     first = state.epoch + 1
     timer = (state.epoch, time.perf_counter())
-    state.good = snapshot(step.net)
+    state.good = snapshot(net)
     with StopOnCtrlC() as ctrl_c:
         for epoch in range(first, cfg.num_epochs + 1):
             losses = step()
@@ -407,13 +411,13 @@ def train(state, cfg, step, save_checkpoint, write_history):
                 continue
             total, mse, perceptual = (value.item() for value in losses)
             now = time.perf_counter()
-            if not all(map(math.isfinite, (total, mse, perceptual))) or not weights_are_finite(step.net):
+            if not all(map(math.isfinite, (total, mse, perceptual))) or not weights_are_finite(net):
                 state.diverged_at = epoch
                 return "diverged"
             state.epoch = epoch
             state.elapsed += now - timer[1]
             # Results on a later divergence come from the last weights known to be finite.
-            state.good = snapshot(step.net)
+            state.good = snapshot(net)
             if logs:
                 rate = (epoch - timer[0]) / (now - timer[1])
                 state.history.append([epoch, total, mse, perceptual, psnr_from_mse(mse), state.elapsed])
@@ -519,6 +523,8 @@ def restore_checkpoint(checkpoint, path, state, net, optimizer, scaler, cfg):
     random.setstate(rng["python"])
     state.epoch, state.elapsed, state.history = checkpoint["epoch"], checkpoint["elapsed"], checkpoint["history"]
     print(f"Resumed from {path} at epoch {state.epoch}")
+    if state.epoch >= cfg.num_epochs:
+        note(f"the checkpoint has already trained {state.epoch} epochs; raise --num_epochs to train further")
 
 
 # -----------------------------------------------------------------------------
@@ -611,7 +617,7 @@ def run(cfg, vgg_weights):
     sharp_image, blurred_image = load_image_pair(Path(cfg.image_path), cfg.image_size, cfg.blur_radius)
     out = Path(cfg.output_dir)
     prepare_output_dir(out)
-    checkpoint_path = out / CHECKPOINT_NAME if cfg.resume in ("auto", "") else Path(cfg.resume)
+    checkpoint_path = Path(cfg.resume) if cfg.resume not in ("", "auto") else out / CHECKPOINT_NAME
     checkpoint = load_checkpoint(checkpoint_path) if cfg.resume else None
     print(f"Using device: {chosen}")
 
@@ -641,12 +647,11 @@ def run(cfg, vgg_weights):
     def step():
         return train_step(loss_fn, blurred, net, optimizer, scaler, cfg.max_grad_norm)
 
-    step.net = net
     def checkpoint():
         save_checkpoint(out / CHECKPOINT_NAME, state, net, optimizer, scaler, cfg)
 
     try:
-        outcome = train(state, cfg, step, checkpoint, lambda: write_history(out / "history.csv", state.history))
+        outcome = train(state, cfg, net, step, checkpoint, lambda: write_history(out / "history.csv", state.history))
     except (torch.OutOfMemoryError, RuntimeError) as e:
         if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
             raise

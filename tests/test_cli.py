@@ -60,7 +60,9 @@ def test_readme_line_references_point_at_those_settings():
     assert {name for name, _, _ in references} == set(Deblur.SETTINGS)
     for name, default, number in references:
         assert lines[int(number) - 1].startswith(f"{name} = {default}  #"), (name, number)
-    for number, name in re.findall(r"[Ll]ine (\d+) in `Deblur.py`[^`]*`(\w+) =", readme):
+    locations = re.findall(r"[Ll]ine (\d+) in `Deblur.py`(?: holds `|\s*```python\s*)(\w+) =", readme)
+    assert {name for _, name in locations} == {"lr", "num_epochs", "mse_weight", "perceptual_weight"}
+    for number, name in locations:
         assert lines[int(number) - 1].startswith(f"{name} = "), (name, number)
 
 

@@ -176,3 +176,25 @@ def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(photo_path
 def test_expected_duration_is_printed_before_a_long_run(photo_path, tmp_path, capsys):
     assert run(photo_path, tmp_path, "--num_epochs", "6") == 0
     assert re.search(r"Measured \S+ s/epoch: 6 epochs will take about \d+:\d\d:\d\d", capsys.readouterr().out)
+
+
+def test_compiled_step_computes_what_the_eager_one_does(photo_path, tmp_path, capsys):
+    losses = {}
+    for mode in ("off", "on"):
+        assert run(photo_path, tmp_path / mode, "--compile", mode, "--perceptual_weight", "0.1") == 0
+        out = capsys.readouterr().out
+        assert f"compile {mode}" in out
+        losses[mode] = [float(r["total"]) for r in history(tmp_path / mode)]
+    assert losses["on"] == pytest.approx(losses["off"], rel=1e-2)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--image_size", "128", "--num_epochs", "500"], False),
+    (["--image_size", "128", "--num_epochs", "20000"], True),
+    (["--image_size", "512", "--num_epochs", "20000"], True),
+    (["--image_size", "512", "--num_epochs", "50"], False),
+    (["--image_size", "512", "--num_epochs", "20000", "--compile", "off"], False),
+    (["--image_size", "64", "--compile", "on"], True),
+])
+def test_compile_auto_is_on_only_where_it_repays_its_start_up_time_on_a_cpu(args, expected):
+    assert Deblur.should_compile(Deblur.parse_settings(args), torch.device("cpu")) is expected
