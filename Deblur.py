@@ -486,7 +486,7 @@ def load_checkpoint(path):
         # weights_only: a checkpoint is data; a file that would run code is refused, not executed.
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):
+        if "Unsupported global" not in str(e):  # junk bytes, rather than a pickle naming code to run
             raise DeblurError(f"{path} is not a readable checkpoint (damaged, or not a PyTorch file); "
                               f"run without --resume to start afresh") from None
         raise DeblurError(f"refusing {path}: it holds Python objects other than tensors and plain values, "

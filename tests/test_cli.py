@@ -11,9 +11,10 @@ import Deblur
 
 
 def test_command_line_overrides_settings_with_their_types():
-    cfg = Deblur.parse_settings(["--num_epochs", "300", "--image_size", "128", "--lr", "3e-4", "--compile",
-                                 "--device", "cpu"])
-    assert (cfg.num_epochs, cfg.image_size, cfg.lr, cfg.compile, cfg.device) == (300, 128, 3e-4, True, "cpu")
+    cfg = Deblur.parse_settings(["--num_epochs", "300", "--image_size", "128", "--lr", "3e-4", "--compile", "on",
+                                 "--device", "cpu", "--blur_radius", "2"])
+    assert (cfg.num_epochs, cfg.image_size, cfg.lr, cfg.compile, cfg.device) == (300, 128, 3e-4, "on", "cpu")
+    assert cfg.blur_radius == 2.0 and isinstance(cfg.blur_radius, float)
     assert cfg.perceptual_weight == Deblur.perceptual_weight == 0.1  # untouched settings keep the file's values
 
 

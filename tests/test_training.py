@@ -198,3 +198,25 @@ def test_compiled_step_computes_what_the_eager_one_does(photo_path, tmp_path, ca
 ])
 def test_compile_auto_is_on_only_where_it_repays_its_start_up_time_on_a_cpu(args, expected):
     assert Deblur.should_compile(Deblur.parse_settings(args), torch.device("cpu")) is expected
+
+
+def test_the_host_waits_for_the_device_only_on_logged_epochs(photo_path, tmp_path, monkeypatch):
+    steps, waits = [0], set()
+    real_step, real_item, real_bool = Deblur.train_step, torch.Tensor.item, torch.Tensor.__bool__
+
+    def counted_step(*args):
+        steps[0] += 1
+        return real_step(*args)
+
+    def reading(real):
+        def read(tensor):
+            waits.add(steps[0])
+            return real(tensor)
+        return read
+
+    monkeypatch.setattr(Deblur, "train_step", counted_step)
+    monkeypatch.setattr(torch.Tensor, "item", reading(real_item))
+    monkeypatch.setattr(torch.Tensor, "__bool__", reading(real_bool))
+    assert run(photo_path, tmp_path, "--num_epochs", "30", "--log_every", "10", "--checkpoint_every", "1000") == 0
+    # Before training (0), the speed measurement (1 and 1 + 3), the logged epochs.
+    assert waits == {0, 1, 4, 10, 20, 30}
