@@ -11,6 +11,7 @@ connections, mixed precision and a VGG19 perceptual loss, not a general-purpose 
 import argparse
 import csv
 import io
+import logging
 import math
 import os
 import pickle
@@ -347,6 +348,8 @@ def make_loss_fn(net, vgg, sharp, cfg, device, amp_dtype, compiled):
         return losses
     # Where torch.compile cannot work (no C++ compiler, no Triton), run eagerly rather than stop.
     torch._dynamo.config.suppress_errors = True
+    # Inductor's CPU build warns that no CUDA runtime is found: true, and of no concern here.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     return torch.compile(losses)
 
 
