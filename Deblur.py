@@ -514,7 +514,8 @@ def restore_checkpoint(checkpoint, path, state, net, optimizer, scaler, cfg):
         optimizer.load_state_dict(checkpoint["optimizer"])
     except (RuntimeError, ValueError, KeyError):
         raise DeblurError(f"cannot resume {path}: it holds a different network architecture") from None
-    scaler.load_state_dict(checkpoint["scaler"])
+    if checkpoint["scaler"]:  # empty when saved by a disabled scaler (bfloat16 or float32 runs)
+        scaler.load_state_dict(checkpoint["scaler"])
     for name, value in vars(cfg).items():
         if name not in ("resume", "output_dir") and name in saved and saved[name] != value:
             note(f"resuming with {name} = {value!r} (the checkpoint used {saved[name]!r})")
