@@ -70,7 +70,7 @@ AMP_DTYPES = ("auto", "float16", "bfloat16", "float32")
 COMPILE_CHOICES = ("auto", "on", "off")
 CHECKPOINT_NAME = "checkpoint.pt"
 # What downloading or torch.load-ing a damaged, foreign or missing file raises (URLError is an OSError).
-LOAD_ERRORS = (OSError, RuntimeError, ValueError, EOFError, KeyError, pickle.UnpicklingError)
+LOAD_ERRORS = (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError)
 # A checkpoint (~16 MB), two figures and an image must fit in output_dir.
 MIN_FREE_BYTES = 64 * 2**20
 # On a CPU, compiling costs ~20 s once and saves ~2 ms per epoch per 1000 pixels of the image

@@ -63,8 +63,9 @@ def naive_step(net, vgg, sharp, blurred, device, channels_last=False, target_onc
     optimizer = torch.optim.Adam(net.parameters(), lr=Deblur.lr, weight_decay=Deblur.weight_decay,
                                  fused=True if fused else None)
     scaler = torch.amp.GradScaler(device.type)
-    with torch.no_grad(), torch.autocast(device.type):
-        target_maps = vgg.feature_maps(sharp)
+    if target_once:
+        with torch.no_grad(), torch.autocast(device.type):
+            target_maps = vgg.feature_maps(sharp)
 
     def step():
         with torch.autocast(device.type):

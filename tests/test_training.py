@@ -228,3 +228,12 @@ def test_the_host_waits_for_the_device_only_on_logged_epochs(photo_path, tmp_pat
     assert run(photo_path, tmp_path, "--num_epochs", "30", "--log_every", "10", "--checkpoint_every", "1000") == 0
     # Before training (0), the speed measurement (1 and 1 + 3), the logged epochs.
     assert waits == {0, 1, 4, 10, 20, 30}
+
+
+@pytest.mark.parametrize("backend, shown", [("agg", False), ("tkagg", True)])
+def test_figures_are_shown_only_with_an_interactive_backend(photo_path, tmp_path, monkeypatch, backend, shown):
+    calls = []
+    monkeypatch.setattr(Deblur.plt, "get_backend", lambda: backend)
+    monkeypatch.setattr(Deblur.plt, "show", lambda: calls.append(backend))
+    assert run(photo_path, tmp_path) == 0
+    assert bool(calls) is shown
