@@ -614,6 +614,22 @@ def prepare_output_dir(out):
                           f"{MIN_FREE_BYTES // 2**20} MB (free some space or pass --output_dir DIR)")
 
 
+def keep_previous_checkpoint(out):
+    """A fresh run moves an earlier run's checkpoint aside instead of overwriting it."""
+    if (out / CHECKPOINT_NAME).exists():
+        kept = out / "checkpoint.previous.pt"
+        os.replace(out / CHECKPOINT_NAME, kept)
+        note(f"this is a fresh run; the earlier {CHECKPOINT_NAME} was moved to {kept} (--resume continues a run)")
+
+
+def print_plan(cfg, first_epoch, chosen, amp, perceptual, compiled, baseline, out):
+    loss = f"{cfg.mse_weight}*MSE" + (f" + {cfg.perceptual_weight}*VGG19 perceptual" if perceptual else "")
+    print(f"Image: {cfg.image_path} at {cfg.image_size}x{cfg.image_size}, blur radius {cfg.blur_radius}; "
+          f"blurred baseline PSNR {baseline[0]:.2f} dB, SSIM {baseline[1]:.4f}")
+    print(f"Training epochs {first_epoch} to {cfg.num_epochs} on {chosen}, AMP {str(amp).removeprefix('torch.')}, "
+          f"loss {loss}, lr {cfg.lr}, compile {'on' if compiled else 'off'}; outputs in {out.resolve()}")
+
+
 def run(cfg, vgg_weights):
     chosen = pick_device(cfg.device)
     amp = pick_amp_dtype(cfg.amp_dtype, chosen)
@@ -633,19 +649,13 @@ def run(cfg, vgg_weights):
     state = SimpleNamespace(epoch=0, elapsed=0.0, history=[], good=None, diverged_at=None)
     if checkpoint:
         restore_checkpoint(checkpoint, checkpoint_path, state, net, optimizer, scaler, cfg)
-    elif (out / CHECKPOINT_NAME).exists():
-        kept = out / "checkpoint.previous.pt"
-        os.replace(out / CHECKPOINT_NAME, kept)
-        note(f"this is a fresh run; the earlier {CHECKPOINT_NAME} was moved to {kept} (--resume continues a run)")
+    else:
+        keep_previous_checkpoint(out)
 
     sharp, blurred = image_to_tensor(sharp_image, chosen), image_to_tensor(blurred_image, chosen)
     compiled = should_compile(cfg, chosen)
     baseline = image_quality(blurred, sharp)
-    loss = f"{cfg.mse_weight}*MSE" + (f" + {cfg.perceptual_weight}*VGG19 perceptual" if vgg else "")
-    print(f"Image: {cfg.image_path} at {cfg.image_size}x{cfg.image_size}, blur radius {cfg.blur_radius}; "
-          f"blurred baseline PSNR {baseline[0]:.2f} dB, SSIM {baseline[1]:.4f}")
-    print(f"Training epochs {state.epoch + 1} to {cfg.num_epochs} on {chosen}, AMP {str(amp).removeprefix('torch.')}, "
-          f"loss {loss}, lr {cfg.lr}, compile {'on' if compiled else 'off'}; outputs in {out.resolve()}")
+    print_plan(cfg, state.epoch + 1, chosen, amp, vgg is not None, compiled, baseline, out)
     loss_fn = make_loss_fn(net, vgg, sharp, cfg, chosen, amp, compiled)
 
     def step():
