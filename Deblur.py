@@ -396,7 +396,7 @@ def train(state, cfg, net, step, save_checkpoint, write_history):
     """
     first = state.epoch + 1
     timer = (state.epoch, time.perf_counter())
-    state.good = snapshot(net)
+    state.good = {name: tensor.detach().clone() for name, tensor in net.state_dict().items()}
     with StopOnCtrlC() as ctrl_c:
         for epoch in range(first, cfg.num_epochs + 1):
             losses = step()
@@ -420,12 +420,14 @@ def train(state, cfg, net, step, save_checkpoint, write_history):
             state.epoch = epoch
             state.elapsed += now - timer[1]
             # Results on a later divergence come from the last weights known to be finite.
-            state.good = snapshot(net)
+            for saved, current in zip(state.good.values(), net.state_dict().values(), strict=True):
+                saved.copy_(current)
             if logs:
                 rate = (epoch - timer[0]) / (now - timer[1])
-                state.history.append([epoch, total, mse, perceptual, psnr_from_mse(mse), state.elapsed])
+                psnr = psnr_from_mse(mse)
+                state.history.append([epoch, total, mse, perceptual, psnr, state.elapsed])
                 print(f"Epoch {epoch}, Total Loss: {total:.6f}, MSE: {mse:.6f}, Perceptual: {perceptual:.6f}, "
-                      f"PSNR: {psnr_from_mse(mse):.2f} dB, {rate:.1f} epochs/s, "
+                      f"PSNR: {psnr:.2f} dB, {rate:.1f} epochs/s, "
                       f"elapsed {format_duration(state.elapsed)}, "
                       f"ETA {format_duration((cfg.num_epochs - epoch) / rate)}", flush=True)
                 write_history()
@@ -435,10 +437,6 @@ def train(state, cfg, net, step, save_checkpoint, write_history):
             if stopping:
                 return "stopped"
     return "done"
-
-
-def snapshot(net):
-    return {name: tensor.detach().clone() for name, tensor in net.state_dict().items()}
 
 
 def weights_are_finite(net):
@@ -552,6 +550,11 @@ def save_figure(figure, path):
         figure.savefig(temporary, format="png", dpi=100, bbox_inches="tight")
 
 
+def to_hwc(image):
+    """A (1, 3, H, W) tensor as an (H, W, 3) float array in [0, 1], for matplotlib and Pillow."""
+    return image[0].float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+
+
 def save_results(out, sharp, blurred, restored, baseline, history):
     """Writes comparison.png, reconstructed_image.jpg, history.csv and training_curves.png, then
     shows the figures where there is a screen. Returns the reconstruction's (PSNR, SSIM)."""
@@ -565,12 +568,12 @@ def save_results(out, sharp, blurred, restored, baseline, history):
               (f"Reconstructed Image\nPSNR {quality[0]:.2f} dB, SSIM {quality[1]:.3f}", restored)]
     comparison, axes = plt.subplots(1, 3, figsize=(15, 5.4))
     for ax, (title, image) in zip(axes, panels, strict=True):
-        ax.imshow(image[0].float().permute(1, 2, 0).clamp(0, 1).cpu().numpy())
+        ax.imshow(to_hwc(image))
         ax.set_title(title)
         ax.axis("off")
     save_figure(comparison, out / "comparison.png")
 
-    pixels = (restored[0].float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    pixels = (to_hwc(restored) * 255).round().astype(np.uint8)
     with atomic_path(out / "reconstructed_image.jpg") as temporary:
         Image.fromarray(pixels).save(temporary, format="JPEG", quality=95)
 
