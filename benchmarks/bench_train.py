@@ -17,8 +17,10 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 # Compile time is measured cold, as a user's first run sees it.
 os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")
@@ -26,7 +28,6 @@ os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")
 import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-from torchvision.transforms.functional import to_tensor  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -35,6 +36,7 @@ import Deblur  # noqa: E402
 from PerceptualLoss import VGG19Loss, perceptual_distance  # noqa: E402
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
+SCRATCH = Path(tempfile.mkdtemp(prefix="deblur-bench-"))  # train() writes its history and checkpoint here
 BEGIN, END = "<!-- results: written by bench_train.py -->", "<!-- end of results -->"
 
 
@@ -45,10 +47,10 @@ def sync(device):
 
 def setup(size, device, seed=0):
     """The sample image pair at `size` and freshly seeded models, as Deblur.py builds them."""
-    sharp_image, blurred_image = Deblur.load_image_pair(ROOT / "data" / "sample.jpg", size, Deblur.blur_radius)
+    sharp_image, blurred_image = Deblur.load_image_pair(ROOT / "data" / "sample.jpg", size, radius=Deblur.blur_radius)
     torch.manual_seed(seed)
     net, vgg = Deblur.DeblurNet().to(device), VGG19Loss(weights=None).to(device)
-    to = [to_tensor(image).unsqueeze(0).to(device) for image in (sharp_image, blurred_image)]
+    to = [Deblur.image_to_tensor(image, device).contiguous() for image in (sharp_image, blurred_image)]
     return net, vgg, *to
 
 
@@ -85,35 +87,32 @@ def naive_step(net, vgg, sharp, blurred, device, channels_last=False, target_onc
     return step
 
 
-def deblur_step(net, vgg, sharp, blurred, device, compiled):
-    """Deblur.py's own step, built by its own functions with the settings lines' defaults."""
-    cfg = Deblur.parse_settings([])
-    amp = Deblur.pick_amp_dtype(cfg.amp_dtype, device)
-    net, vgg = net.to(memory_format=torch.channels_last), vgg.to(memory_format=torch.channels_last)
+def deblur_step(sharp, blurred, device, compiled):
+    """Deblur.py's own training loop, one epoch per call, built by its own make_training from the settings
+    lines' defaults. The time is the one train() measures itself (the history's seconds column), which leaves
+    out the checkpoint it writes at each call's last epoch."""
+    cfg = Deblur.parse_settings(["--compile", "on" if compiled else "off", "--output_dir", str(SCRATCH)])
+    net, vgg, optimizer, scaler = Deblur.make_training(cfg, device, None)  # seeded as setup() seeds
     sharp, blurred = (t.contiguous(memory_format=torch.channels_last) for t in (sharp, blurred))
-    optimizer = Deblur.make_optimizer(net, cfg, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    loss_fn = Deblur.make_loss_fn(net, vgg, sharp, cfg, device, amp, compiled)
+    progress, stop = SimpleNamespace(epoch=0, elapsed=0.0, history=[], ours=True), SimpleNamespace(signum=None)
 
     def step():
-        return Deblur.train_step(loss_fn, blurred, net, optimizer, scaler, cfg.max_grad_norm)[0]
+        cfg.num_epochs, before = progress.epoch + 1, progress.elapsed
+        Deblur.train(cfg, net, vgg, optimizer, scaler, sharp, blurred, progress, stop)
+        step.seconds = progress.elapsed - before
+        return torch.tensor(progress.history[-1][1])
 
-    return step
-
-
-VARIANTS = {
-    "naive": lambda net, vgg, s, b, d: naive_step(net, vgg, s, b, d),
-    "deblur": lambda net, vgg, s, b, d: deblur_step(net, vgg, s, b, d, compiled=False),
-    "deblur+compile": lambda net, vgg, s, b, d: deblur_step(net, vgg, s, b, d, compiled=True),
-    "naive+channels_last": lambda net, vgg, s, b, d: naive_step(net, vgg, s, b, d, channels_last=True),
-    "naive+target_once": lambda net, vgg, s, b, d: naive_step(net, vgg, s, b, d, target_once=True),
-    "naive+fused_adam": lambda net, vgg, s, b, d: naive_step(net, vgg, s, b, d, fused=True),
-}
+    return step, net
 
 
 def build(variant, size, device):
+    """A step function for `variant` at `size`, and the network it trains."""
     net, vgg, sharp, blurred = setup(size, device)
-    return VARIANTS[variant](net, vgg, sharp, blurred, device), net
+    if variant.startswith("deblur"):
+        return deblur_step(sharp, blurred, device, compiled=variant.endswith("compile"))
+    flags = {"channels_last": "channels_last" in variant, "target_once": "target_once" in variant,
+             "fused": "fused_adam" in variant}
+    return naive_step(net, vgg, sharp, blurred, device, **flags), net
 
 
 def check_same_computation(size, device, variants):
@@ -136,7 +135,9 @@ def check_same_computation(size, device, variants):
 
 
 def flops_per_step(variant, size, device):
-    step, _ = build(variant, size, device)
+    """FLOPs of one step. Deblur's step is counted as naive+target_once's, the same computation, since a
+    one-epoch call of its train() also computes the target's VGG features, once per call."""
+    step, _ = build("naive+target_once" if variant.startswith("deblur") else variant, size, device)
     with FlopCounterMode(display=False) as counter:
         step()
     return counter.get_total_flops()
@@ -204,7 +205,7 @@ def time_steps(variants, size, device, warmup, repeats):
             start = time.perf_counter()
             step()
             sync(device)
-            times[variant].append(time.perf_counter() - start)
+            times[variant].append(getattr(step, "seconds", time.perf_counter() - start))
     return {v: statistics.median(t) for v, t in times.items()}, first
 
 
@@ -227,7 +228,7 @@ def benchmark(args, device):
         print(f"{size} px", flush=True)
         check_same_computation(size, device, variants)
         seconds, first = time_steps(variants, size, device, args.warmup, args.repeats)
-        flops = {v: flops_per_step("deblur" if v == "deblur+compile" else v, size, device) for v in variants}
+        flops = {v: flops_per_step(v, size, device) for v in variants}
         memory = {v: peak_memory_mb(v, size, device) for v in variants}
         for v in variants:
             achieved = flops[v] / seconds[v] / 1e12

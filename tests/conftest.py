@@ -10,6 +10,13 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+# Every setting a test run uses, given explicitly: a user who edits a settings line in Deblur.py
+# changes what `python Deblur.py` does, never what these tests check.
+TINY = {"image_size": 32, "blur_kind": "gaussian", "blur_radius": 5.0, "blur_angle": 0.0, "num_epochs": 4,
+        "lr": 0.0001, "weight_decay": 1e-5, "mse_weight": 1.0, "perceptual_weight": 0.0, "max_grad_norm": 1.0,
+        "log_every": 2, "checkpoint_every": 1000, "seed": 0, "device": "cpu", "amp_dtype": "auto",
+        "compile": "off", "holdout_path": "", "resume": "", "apply": ""}
+
 
 @pytest.fixture(autouse=True)
 def headless_and_offline(monkeypatch, tmp_path):
@@ -37,9 +44,9 @@ def photo_path(tmp_path):
 
 
 def tiny_run_args(image, out, *extra):
-    """Arguments for a run that takes seconds: 32 px, a few epochs, MSE only unless extra says otherwise."""
-    return ["--image_path", str(image), "--image_size", "32", "--num_epochs", "4", "--log_every", "2",
-            "--compile", "off", "--perceptual_weight", "0", "--output_dir", str(out), *extra]
+    """A run that takes seconds: 32 px, 4 epochs, MSE only, no held-out image, unless `extra` says otherwise."""
+    settings = [arg for name, value in TINY.items() for arg in (f"--{name}", str(value))]
+    return ["--image_path", str(image), "--output_dir", str(out), *settings, *extra]
 
 
 def run_script(*args, cwd=None, timeout=120, **popen):

@@ -44,7 +44,7 @@ def test_known_noise_gives_the_expected_psnr_and_ssim():
 
 
 def test_blurred_sample_baseline_matches_an_independent_computation():
-    sharp_image, blurred_image = load_image_pair(ROOT / "data" / "sample.jpg", 128, 5)
+    sharp_image, blurred_image = load_image_pair(ROOT / "data" / "sample.jpg", 128, radius=5.0)
     sharp, blurred = (image_to_tensor(i, torch.device("cpu")) for i in (sharp_image, blurred_image))
     psnr, ssim = image_quality(blurred, sharp)
     a = np.asarray(blurred_image, dtype=np.float64).transpose(2, 0, 1) / 255

@@ -2,9 +2,9 @@ import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchvision.models import VGG19_Weights
+from torchvision.models import VGG19_Weights, vgg19
 
-from PerceptualLoss import NUM_LAYERS, VGG19Loss, perceptual_distance
+from PerceptualLoss import VGG19Loss, load_vgg19_loss, perceptual_distance
 
 # torchvision's vgg19().features indices of relu1_1 ... relu4_4
 RELU_INDICES = (1, 3, 6, 8, 11, 13, 15, 17, 20, 22, 24, 26)
@@ -18,7 +18,7 @@ def vgg():
 
 def test_vgg_is_cut_after_conv4_4_and_its_relu(vgg):
     layers = list(vgg.features)
-    assert len(layers) == NUM_LAYERS == 27
+    assert len(layers) == 27
     assert isinstance(layers[-1], nn.ReLU)
     assert isinstance(layers[-2], nn.Conv2d) and layers[-2].out_channels == 512
     assert sum(isinstance(layer, nn.Conv2d) for layer in layers) == 12
@@ -48,9 +48,8 @@ def test_identical_images_give_zero_and_different_images_a_positive_loss(vgg):
     assert vgg(image, torch.rand(1, 3, 32, 32)).item() > 0
 
 
-def test_vgg_is_frozen_and_stays_in_eval_mode(vgg):
+def test_vgg_is_frozen_and_in_eval_mode(vgg):
     assert not any(p.requires_grad for p in vgg.parameters())
-    vgg.train()
     assert not vgg.training and not any(layer.training for layer in vgg.features)
 
 
@@ -68,13 +67,25 @@ def test_precomputed_target_maps_give_the_same_loss(vgg):
     assert perceptual_distance(vgg.feature_maps(a), target_maps).item() == pytest.approx(vgg(a, b).item(), rel=1e-6)
 
 
-def test_pretrained_weights_are_read_from_the_torch_home_cache(tmp_path, monkeypatch, vgg):
-    # A cache file in the place torchvision looks: loading it must need no network.
+def test_pretrained_weights_are_read_from_the_torch_home_cache(tmp_path, monkeypatch):
+    # A full VGG19 state dict (548 MB) where torchvision looks for it: loading it must need no network.
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     cache = tmp_path / "hub" / "checkpoints"
     cache.mkdir(parents=True)
-    state = {f"features.{name}": tensor * 2 for name, tensor in vgg.features.state_dict().items()}
+    torch.manual_seed(1)
+    state = vgg19().state_dict()
     torch.save(state, cache / VGG19_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[1])
-    loaded = VGG19Loss(VGG19_Weights.IMAGENET1K_V1)
+    loaded = VGG19Loss("IMAGENET1K_V1")
     for name, tensor in loaded.features.state_dict().items():
-        torch.testing.assert_close(tensor, state[f"features.{name}"])
+        assert torch.equal(tensor, state[f"features.{name}"]), name
+
+
+def test_unloadable_weights_give_none_and_a_message_naming_the_damaged_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    damaged = cache / VGG19_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[1]
+    damaged.write_bytes(b"half a download")
+    assert load_vgg19_loss("IMAGENET1K_V1", torch.device("cpu")) is None
+    err = capsys.readouterr().err
+    assert f"delete {damaged}" in err and "MSE loss only" in err and "perceptual_weight = 0" in err
