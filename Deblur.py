@@ -209,8 +209,11 @@ def deconvolve(blurred, kind, kernel):
     image = np.pad(to_hwc(blurred).astype(np.float64), ((pad, pad), (pad, pad), (0, 0)), mode="edge")
     methods = {"Wiener": lambda c: restoration.wiener(c, kernel, WIENER_BALANCE[kind]),
                "Richardson–Lucy": lambda c: restoration.richardson_lucy(c, kernel, num_iter=RL_ITERATIONS[kind])}
-    return {name: torch.from_numpy(np.stack([method(image[..., c]) for c in range(3)])[None, :, pad:-pad, pad:-pad])
-            .float().clamp(0, 1) for name, method in methods.items()}
+    restored = {}
+    for name, method in methods.items():
+        channels = np.stack([method(image[..., c]) for c in range(3)])[:, pad:-pad, pad:-pad]
+        restored[name] = torch.from_numpy(channels)[None].float().clamp(0, 1)
+    return restored
 
 def evaluate(net, sharp, blurred, kind, kernel):
     """{method: (image, (PSNR, SSIM) against the sharp image)} for the blurred input and its restorations."""
@@ -247,8 +250,9 @@ def save_results(out, rows, kernel, history):
 
     epochs, results = np.array(history, dtype=np.float64).reshape(-1, 6), rows[0][2]
     curves, (loss_ax, psnr_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
-    loss_ax.plot(epochs[:, 0], np.where(epochs[:, 1:4] > 0, epochs[:, 1:4], np.nan), ".-",
-                 label=["total", "MSE", "perceptual"])  # a term that is 0 (unused) has no place on a log scale
+    for column, label in ((1, "total"), (2, "MSE"), (3, "perceptual")):
+        if (epochs[:, column] > 0).any():  # an unused term (all 0) has no place on a log scale
+            loss_ax.plot(epochs[:, 0], epochs[:, column], ".-", label=label)
     psnr_ax.plot(epochs[:, 0], epochs[:, 4], ".-", label="reconstruction")
     for name, style in (("Blurred", "--"), ("Richardson–Lucy", ":")):
         psnr_ax.axhline(min(results[name][1][0], 99), color="grey", linestyle=style, label=name)
@@ -306,9 +310,9 @@ def apply_to_photo(cfg):
     """--apply: the trained network on a photo at the photo's own size, written as <name>_deblurred.png."""
     device, out, photo_path = pick_device(cfg.device), Path(cfg.output_dir), resolve_image_path(cfg.apply)
     image = image_to_tensor(read_rgb_image(photo_path, "apply"), device)
+    net = DeblurNet().to(device, memory_format=torch.channels_last).eval()
+    load_checkpoint(cfg, net)
     with locked_output_dir(out, {}, needed=32 * image.numel() + 2**24), torch.no_grad():
-        net = DeblurNet().to(device, memory_format=torch.channels_last).eval()
-        load_checkpoint(cfg, net)
         restored = torch.empty_like(image)
         for top in range(0, image.shape[2], 64):  # in strips of 64 rows, to bound the memory; a margin
             start = max(top - 7, 0)  # of 7 rows (seven 3x3 layers) makes each strip what the whole would be
@@ -478,6 +482,7 @@ def locked_output_dir(out, inputs, needed):
         try:
             if os.name == "nt":
                 import msvcrt
+                lock.seek(2**30)  # a byte far past the PID, which another run must still be able to read
                 msvcrt.locking(lock.fileno(), msvcrt.LK_NBLCK, 1)
             else:
                 import fcntl
@@ -520,7 +525,7 @@ def load_checkpoint(cfg, net):
     """Reads --resume's checkpoint as data only (a file that would run code is refused) and loads its weights."""
     path = Path(cfg.resume) if cfg.resume not in ("", "auto") else Path(cfg.output_dir) / CHECKPOINT
     if not path.is_file():
-        raise DeblurError(f"no checkpoint at {path}; train first, or run without --resume to start afresh")
+        raise DeblurError(f"no checkpoint at {path}; train one (a run without --resume), or pass --resume PATH")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
         checkpoint = {key: loaded[key] for key in CHECKPOINT_KEYS}
