@@ -137,6 +137,7 @@ def compute_losses(net, vgg, blurred, sharp, target_maps):
 def make_training(cfg, device, vgg_weights):
     """The seeded network, the perceptual loss (None for MSE only), Adam and the float16 gradient scaler."""
     torch.manual_seed(cfg.seed)
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls on CUDA, as the original (convolutions already are)
     net = DeblurNet().to(device, memory_format=torch.channels_last)
     vgg = load_vgg19_loss(vgg_weights, device) if cfg.perceptual_weight else None
     # Fused Adam: one kernel for all tensors, and no host sync for a GradScaler's skipped steps.
@@ -432,7 +433,6 @@ def pick_device(name):
     name = next(kind for kind, ok in available.items() if ok) if name == "auto" else name
     if not available.get(name.split(":")[0]):
         raise DeblurError(f"--device {name!r}: no such device on this machine; use auto, cpu, cuda, cuda:N or mps")
-    torch.set_float32_matmul_precision("high")  # TF32 matmuls on CUDA, as the original (convolutions already are)
     return torch.device(name)
 
 def amp_dtype_of(cfg, device):
