@@ -154,7 +154,7 @@ def train(cfg, net, vgg, optimizer, scaler, sharp, blurred, progress, stop):
             target_maps = vgg.feature_maps(sharp)
     losses = compute_losses
     if cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda"):
-        losses = compile_or_not(compute_losses, (net, vgg, blurred, sharp, target_maps), amp)
+        losses = compile_or_not(compute_losses, net, (vgg, blurred, sharp, target_maps), amp)
     last_good, timer = snapshot(net), (progress.epoch, perf_counter())
     for epoch in range(progress.epoch + 1, cfg.num_epochs + 1):
         with torch.autocast(device.type, dtype=amp, enabled=amp != torch.float32):
@@ -174,7 +174,7 @@ def train(cfg, net, vgg, optimizer, scaler, sharp, blurred, progress, stop):
         if not (logs or saves):
             continue
         values, weights = [loss.item(), mse.item(), perceptual.item()], snapshot(net)
-        if not all(map(math.isfinite, values)) or not all(w.isfinite().all() for w in weights.values()):
+        if not all(map(math.isfinite, values)) or not torch.stack([w.isfinite().all() for w in weights.values()]).all():
             net.load_state_dict(last_good)  # results come from the last weights known to be finite
             return "diverged", epoch
         last_good, now = weights, perf_counter()
@@ -191,9 +191,10 @@ def train(cfg, net, vgg, optimizer, scaler, sharp, blurred, progress, stop):
 
 def log_progress(cfg, progress, values, rate):
     (total, mse, perceptual), remaining = values, (cfg.num_epochs - progress.epoch) / rate
-    progress.history.append([progress.epoch, *values, psnr_from_mse(mse), progress.elapsed])
+    psnr = psnr_from_mse(mse)
+    progress.history.append([progress.epoch, *values, psnr, progress.elapsed])
     print(f"Epoch {progress.epoch}, Total Loss: {total:.6f}, MSE: {mse:.6f}, Perceptual: {perceptual:.6f}, PSNR: "
-          f"{psnr_from_mse(mse):.2f} dB, {rate:.1f} epochs/s, elapsed {hms(progress.elapsed)}, ETA {hms(remaining)}")
+          f"{psnr:.2f} dB, {rate:.1f} epochs/s, elapsed {hms(progress.elapsed)}, ETA {hms(remaining)}")
     if len(progress.history) == 1 and remaining > 3600:
         print(f"A long run: Ctrl-C stops it cleanly, --resume continues. A quick look: python Deblur.py {QUICK_LOOK}")
 
@@ -220,7 +221,8 @@ def evaluate(net, sharp, blurred, kind, kernel):
     """{method: (image, (PSNR, SSIM) against the sharp image)} for the blurred input and its restorations."""
     with torch.no_grad():
         images = {"Blurred": blurred.cpu(), **deconvolve(blurred, kind, kernel), "Network": net(blurred).float().cpu()}
-    return {name: (image, image_quality(image, sharp.cpu())) for name, image in images.items()}
+    sharp = sharp.cpu()
+    return {name: (image, image_quality(image, sharp)) for name, image in images.items()}
 
 def print_summary(*evaluations):
     """A line per method: PSNR, SSIM and gain over the blurred input, for the training and held-out images."""
@@ -256,7 +258,8 @@ def save_results(out, rows, kernel, history):
             loss_ax.plot(epochs[:, 0], epochs[:, column], ".-", label=label)
     psnr_ax.plot(epochs[:, 0], epochs[:, 4], ".-", label="reconstruction")
     for name, style in (("Blurred", "--"), ("Richardson–Lucy", ":")):
-        psnr_ax.axhline(min(results[name][1][0], 99), color="grey", linestyle=style, label=name)
+        if math.isfinite(results[name][1][0]):
+            psnr_ax.axhline(results[name][1][0], color="grey", linestyle=style, label=name)
     loss_ax.set(yscale="log", xlabel="epoch", ylabel="loss", title="Loss")
     psnr_ax.set(xlabel="epoch", ylabel="PSNR (dB)", title="PSNR against the original")
     loss_ax.legend(), psnr_ax.legend()
@@ -315,9 +318,10 @@ def apply_to_photo(cfg):
     load_checkpoint(cfg, net)
     with locked_output_dir(out, {}, needed=32 * image.numel() + 2**24), torch.no_grad():
         restored = torch.empty_like(image)
-        for top in range(0, image.shape[2], 64):  # in strips of 64 rows, to bound the memory; a margin
-            start = max(top - 7, 0)  # of 7 rows (seven 3x3 layers) makes each strip what the whole would be
-            restored[:, :, top:top + 64] = net(image[:, :, start:top + 71])[:, :, top - start:top - start + 64]
+        rows, reach = 64, len(DeblurNet.CHANNELS) - 1  # seven 3x3 layers see 7 pixels each way
+        for top in range(0, image.shape[2], rows):  # in strips, to bound the memory; a margin of `reach`
+            start = max(top - reach, 0)  # rows makes each strip exactly what the whole would give
+            restored[:, :, top:top + rows] = net(image[:, :, start:top + rows + reach])[:, :, top - start:][:, :, :rows]
         target = out / f"{photo_path.stem}_deblurred.png"  # a new name: the photo itself is never replaced
         save_image(restored, target, "PNG")
     print(f"Deblurred {photo_path} at its own size, {image.shape[3]}x{image.shape[2]} (the network is convolutional, "
@@ -439,17 +443,17 @@ def amp_dtype_of(cfg, device):
     return getattr(torch, cfg.amp_dtype) if cfg.amp_dtype != "auto" else {
         "cuda": torch.float16, "cpu": torch.bfloat16}.get(device.type, torch.float32)
 
-def compile_or_not(function, args, amp):
+def compile_or_not(function, net, inputs, amp):
     """torch.compile(function), compiled now on one forward and backward; where that fails, function itself."""
     compiled = torch.compile(function)
     try:
-        with torch.autocast(args[2].device.type, dtype=amp, enabled=amp != torch.float32):
-            sum(compiled(*args)).backward()
+        with torch.autocast(next(net.parameters()).device.type, dtype=amp, enabled=amp != torch.float32):
+            sum(compiled(net, *inputs)).backward()
     except RuntimeError as e:  # no C++ compiler, no Triton, an unsupported platform
         note(f"torch.compile failed ({str(e).strip().splitlines()[0][:200]}); training without it")
         return function
     finally:
-        args[0].zero_grad(set_to_none=True)
+        net.zero_grad(set_to_none=True)
     return compiled
 
 def stop_after_this_step(stop):
@@ -554,7 +558,8 @@ def restore_training(cfg, path, checkpoint, optimizer, scaler, progress):
             note(f"resuming with {name} = {value!r} (the checkpoint used {saved[name]!r})")
     for group in optimizer.param_groups:
         group.update(lr=cfg.lr, weight_decay=cfg.weight_decay)
-    progress.epoch, progress.elapsed, progress.history = (checkpoint[key] for key in CHECKPOINT_KEYS[4:])
+    progress.epoch, progress.elapsed, progress.history = checkpoint["epoch"], checkpoint["elapsed"], checkpoint[
+        "history"]
     progress.ours = path.resolve() == (Path(cfg.output_dir) / CHECKPOINT).resolve()
     print(f"Resumed from {path} at epoch {progress.epoch}")
     if progress.epoch >= cfg.num_epochs:
