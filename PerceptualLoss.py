@@ -1,8 +1,11 @@
-"""VGG19 perceptual loss: how far apart two images look to an ImageNet classifier. Both go through VGG19
-up to conv4_4's ReLU; the loss sums the mean squared differences of the 12 ReLU outputs on the way (relu1_1
-... relu4_4). Inputs stay in [0, 1], not ImageNet-normalised, as in the original. The VGG is frozen.
+"""VGG19 perceptual loss: how far apart two images look to an ImageNet classifier.
+
+Both go through VGG19 up to conv4_4's ReLU; the loss sums the mean squared differences of the 12
+ReLU outputs on the way (relu1_1 ... relu4_4). Inputs stay in [0, 1], not ImageNet-normalised, as
+in the original. The VGG is frozen.
 """
 
+import pickle
 import sys
 from pathlib import Path
 
@@ -12,11 +15,16 @@ from torch.nn import functional as F
 
 
 class VGG19Loss(nn.Module):
-    """`weights`: a torchvision VGG19_Weights name (downloaded once into TORCH_HOME), or None for random."""
+    """`weights`: a torchvision VGG19_Weights name (fetched once into TORCH_HOME); None: random."""
+
     def __init__(self, weights="IMAGENET1K_V1"):
         super().__init__()
         from torchvision.models import vgg19  # imported only when needed: it takes over a second
-        self.features = vgg19(weights=weights).features[:27]  # conv1_1 ... conv4_4 and its ReLU
+
+        vgg = vgg19()
+        if weights is not None:
+            vgg.load_state_dict(pretrained_state(weights))
+        self.features = vgg.features[:27]  # conv1_1 ... conv4_4 and its ReLU
         self.requires_grad_(False)
         self.eval()
 
@@ -32,19 +40,45 @@ class VGG19Loss(nn.Module):
     def forward(self, prediction, target):
         return perceptual_distance(self.feature_maps(prediction), self.feature_maps(target))
 
+
 def perceptual_distance(maps, target_maps):
     """The loss itself; apart from forward so that a fixed target's maps can be computed once."""
     return sum(F.mse_loss(m, t) for m, t in zip(maps, target_maps, strict=True))
 
+
+class WeightsUnavailable(Exception):
+    """The pretrained weights could not be had: offline, blocked, or a damaged download."""
+
+
+def pretrained_state(weights):
+    """torchvision's VGG19 state dict, downloaded once into TORCH_HOME's cache."""
+    from torchvision.models import VGG19_Weights
+
+    try:
+        return VGG19_Weights.verify(weights).get_state_dict(progress=False)
+    # Offline or blocked: an OSError (URLError, timeouts). A damaged file: torch.load raises one of
+    # the others, depending on where the bytes stop making sense.
+    except (OSError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError) as e:
+        raise WeightsUnavailable(f"{type(e).__name__}: {e}") from e
+
+
 def load_vgg19_loss(weights, device):
-    """VGG19Loss on `device`, or None, said on stderr, when its weights cannot be had (offline, damaged)."""
+    """VGG19Loss on `device`; or None, said on stderr, when its weights cannot be had, so that
+    training goes on with the MSE loss only, as in the original. Other errors are bugs: raised."""
     try:
         return VGG19Loss(weights).to(device, memory_format=torch.channels_last)
-    except Exception as e:  # noqa: BLE001 (offline, a damaged file...: any failure means MSE only, as the original)
+    except WeightsUnavailable as e:
         from torchvision.models import VGG19_Weights
+
         url = VGG19_Weights.verify(weights).url
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
-        fix = f"delete {cached}, it looks damaged" if cached.exists() else f"connect once, or copy {url} there"
-        print(f"Could not load the pretrained VGG19 weights ({type(e).__name__}: {e}); {fix}. Training with the MSE "
-              f"loss only; set perceptual_weight = 0 to skip VGG19 and this message.", file=sys.stderr)
+        folder = Path(torch.hub.get_dir()) / "checkpoints"
+        cached = folder / Path(url).name
+        fix = f"download {url} and put it in {folder}/"
+        if cached.exists():
+            fix = f"delete {cached}, it looks damaged, then connect once or {fix}"
+        print(
+            f"Could not load the pretrained VGG19 weights ({e}); {fix}. Training with the MSE "
+            f"loss only; set perceptual_weight = 0 to skip VGG19 and this message.",
+            file=sys.stderr,
+        )
         return None

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_train.py                       # 128, 256 and 512 px; updates RESULTS.md
     python benchmarks/bench_train.py --sizes 128 --repeats 3 --no-write
-    python benchmarks/bench_train.py --ablation 512        # what each optimisation is worth on its own
+    python benchmarks/bench_train.py --ablation 512        # each optimisation on its own
 
 Both steps run in one process, interleaved, on the device Deblur.py would pick. The VGG19 has
 random weights (the speed is the same as with the pretrained ones, and no download is needed).
@@ -33,10 +33,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import Deblur  # noqa: E402
+import support  # noqa: E402
 from PerceptualLoss import VGG19Loss, perceptual_distance  # noqa: E402
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
-SCRATCH = Path(tempfile.mkdtemp(prefix="deblur-bench-"))  # train() writes its history and checkpoint here
+SCRATCH = Path(
+    tempfile.mkdtemp(prefix="deblur-bench-")
+)  # train() writes its history and checkpoint here
+PEAK_WORK = {False: "bf16 3x3 conv, 256 ch", True: "8192^3 bf16 matmul"}
 BEGIN, END = "<!-- results: written by bench_train.py -->", "<!-- end of results -->"
 
 
@@ -47,23 +51,36 @@ def sync(device):
 
 def setup(size, device, seed=0):
     """The sample image pair at `size` and freshly seeded models, as Deblur.py builds them."""
-    sharp_image, blurred_image = Deblur.load_image_pair(ROOT / "data" / "sample.jpg", size, radius=Deblur.blur_radius)
+    sharp_image, blurred_image = Deblur.load_image_pair(
+        ROOT / "data" / "sample.jpg", size, radius=Deblur.blur_radius
+    )
     torch.manual_seed(seed)
     net, vgg = Deblur.DeblurNet().to(device), VGG19Loss(weights=None).to(device)
-    to = [Deblur.image_to_tensor(image, device).contiguous() for image in (sharp_image, blurred_image)]
+    to = [
+        Deblur.image_to_tensor(image, device).contiguous() for image in (sharp_image, blurred_image)
+    ]
     return net, vgg, *to
 
 
-def naive_step(net, vgg, sharp, blurred, device, channels_last=False, target_once=False, fused=False):
+def naive_step(
+    net, vgg, sharp, blurred, device, channels_last=False, target_once=False, fused=False
+):
     """The seed's step: NCHW, target features recomputed every step, default autocast, a GradScaler.
 
     The flags switch on one optimisation at a time, for the ablation.
     """
     if channels_last:
-        net, vgg = net.to(memory_format=torch.channels_last), vgg.to(memory_format=torch.channels_last)
+        net, vgg = (
+            net.to(memory_format=torch.channels_last),
+            vgg.to(memory_format=torch.channels_last),
+        )
         sharp, blurred = (t.contiguous(memory_format=torch.channels_last) for t in (sharp, blurred))
-    optimizer = torch.optim.Adam(net.parameters(), lr=Deblur.lr, weight_decay=Deblur.weight_decay,
-                                 fused=True if fused else None)
+    optimizer = torch.optim.Adam(
+        net.parameters(),
+        lr=Deblur.lr,
+        weight_decay=Deblur.weight_decay,
+        fused=True if fused else None,
+    )
     scaler = torch.amp.GradScaler(device.type)
     if target_once:
         with torch.no_grad(), torch.autocast(device.type):
@@ -73,8 +90,11 @@ def naive_step(net, vgg, sharp, blurred, device, channels_last=False, target_onc
         with torch.autocast(device.type):
             output = net(blurred)
             mse = F.mse_loss(output, sharp)
-            perceptual = (perceptual_distance(vgg.feature_maps(output), target_maps) if target_once
-                          else vgg(output, sharp))
+            perceptual = (
+                perceptual_distance(vgg.feature_maps(output), target_maps)
+                if target_once
+                else vgg(output, sharp)
+            )
             loss = Deblur.mse_weight * mse + Deblur.perceptual_weight * perceptual
         optimizer.zero_grad()
         scaler.scale(loss).backward()
@@ -88,17 +108,20 @@ def naive_step(net, vgg, sharp, blurred, device, channels_last=False, target_onc
 
 
 def deblur_step(sharp, blurred, device, compiled):
-    """Deblur.py's own training loop, one epoch per call, built by its own make_training from the settings
-    lines' defaults. The time is the one train() measures itself (the history's seconds column), which leaves
-    out the checkpoint it writes at each call's last epoch."""
-    cfg = Deblur.parse_settings(["--compile", "on" if compiled else "off", "--output_dir", str(SCRATCH)])
+    """Deblur.py's own training loop, one epoch per call, built by its own make_training from the
+    settings lines' defaults. The time is the one train() measures itself (the history's seconds
+    column), which leaves out the checkpoint it writes at each call's last epoch."""
+    settings = ["--compile", "on" if compiled else "off", "--output_dir", str(SCRATCH)]
+    cfg = support.parse_settings(Deblur.SETTINGS, Deblur.__file__, settings)
     net, vgg, optimizer, scaler = Deblur.make_training(cfg, device, None)  # seeded as setup() seeds
     sharp, blurred = (t.contiguous(memory_format=torch.channels_last) for t in (sharp, blurred))
-    progress, stop = SimpleNamespace(epoch=0, elapsed=0.0, history=[], ours=True), SimpleNamespace(signum=None)
+    progress = support.Progress(cfg, SimpleNamespace(signum=None))
+    progress.ours = True
 
     def step():
-        cfg.num_epochs, before = progress.epoch + 1, progress.elapsed
-        Deblur.train(cfg, net, vgg, optimizer, scaler, sharp, blurred, progress, stop)
+        cfg.num_epochs = progress.epoch + 1
+        before = progress.elapsed
+        Deblur.train(cfg, net, vgg, optimizer, scaler, sharp, blurred, progress)
         step.seconds = progress.elapsed - before
         return torch.tensor(progress.history[-1][1])
 
@@ -110,32 +133,42 @@ def build(variant, size, device):
     net, vgg, sharp, blurred = setup(size, device)
     if variant.startswith("deblur"):
         return deblur_step(sharp, blurred, device, compiled=variant.endswith("compile"))
-    flags = {"channels_last": "channels_last" in variant, "target_once": "target_once" in variant,
-             "fused": "fused_adam" in variant}
+    flags = {
+        "channels_last": "channels_last" in variant,
+        "target_once": "target_once" in variant,
+        "fused": "fused_adam" in variant,
+    }
     return naive_step(net, vgg, sharp, blurred, device, **flags), net
 
 
 def check_same_computation(size, device, variants):
-    """One step of each from the same weights: losses within 1e-2 relative, updates pointing the same way."""
+    """One step of each from the same weights: losses within 1e-2 relative, updates aligned."""
     reference, reference_net = build(variants[0], size, device)
     start = [p.detach().clone() for p in reference_net.parameters()]
     ref_loss = reference().item()
-    ref_update = torch.cat([(p.detach() - s).flatten() for p, s in zip(reference_net.parameters(), start,
-                                                                        strict=True)])
+    ref_update = torch.cat(
+        [(p.detach() - s).flatten() for p, s in zip(reference_net.parameters(), start, strict=True)]
+    )
     for variant in variants[1:]:
         step, net = build(variant, size, device)
         loss = step().item()
-        update = torch.cat([(p.detach() - s).flatten() for p, s in zip(net.parameters(), start, strict=True)])
+        update = torch.cat(
+            [(p.detach() - s).flatten() for p, s in zip(net.parameters(), start, strict=True)]
+        )
         cosine = F.cosine_similarity(update, ref_update, dim=0).item()
         relative = abs(loss - ref_loss) / abs(ref_loss)
-        print(f"  check {variant} vs {variants[0]}: loss {loss:.6f} vs {ref_loss:.6f} (relative {relative:.1e}), "
-              f"update cosine {cosine:.4f}")
+        print(
+            f"  check {variant} vs {variants[0]}: loss {loss:.6f} vs {ref_loss:.6f} "
+            f"(relative {relative:.1e}), "
+            f"update cosine {cosine:.4f}"
+        )
         if relative > 1e-2 or cosine < 0.99:
             sys.exit(f"{variant} does not compute what {variants[0]} does")
 
 
 def flops_per_step(variant, size, device):
-    """FLOPs of one step. Deblur's step is counted as naive+target_once's, the same computation, since a
+    """FLOPs of one step. Deblur's step is counted as naive+target_once's, the same computation,
+    since a
     one-epoch call of its train() also computes the target's VGG features, once per call."""
     step, _ = build("naive+target_once" if variant.startswith("deblur") else variant, size, device)
     with FlopCounterMode(display=False) as counter:
@@ -144,13 +177,18 @@ def flops_per_step(variant, size, device):
 
 
 def peak_tflops(device):
-    """The device's practical peak, measured: a bf16 3x3 conv on the CPU, an 8192^3 bf16 matmul on CUDA."""
+    """The device's practical peak, measured: a bf16 3x3 conv on a CPU, an 8192^3 bf16 matmul on
+    CUDA."""
     if device.type == "cuda":
         a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
         work, flops = (lambda: a @ a), 2 * 8192**3
     else:
-        x = torch.randn(1, 256, 128, 128, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
-        w = torch.randn(256, 256, 3, 3, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        x = torch.randn(1, 256, 128, 128, dtype=torch.bfloat16).contiguous(
+            memory_format=torch.channels_last
+        )
+        w = torch.randn(256, 256, 3, 3, dtype=torch.bfloat16).contiguous(
+            memory_format=torch.channels_last
+        )
         work, flops = (lambda: F.conv2d(x, w, padding=1)), 2 * 256 * 256 * 9 * 128 * 128
     for _ in range(3):
         work()
@@ -173,8 +211,12 @@ def peak_memory_mb(variant, size, device):
         step(), step()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() / 2**20
-    probe = subprocess.run([sys.executable, __file__, "--memory-probe", variant, str(size)],
-                           capture_output=True, text=True, check=True)
+    probe = subprocess.run(
+        [sys.executable, __file__, "--memory-probe", variant, str(size)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return float(probe.stdout.strip().splitlines()[-1])
 
 
@@ -187,7 +229,7 @@ def memory_probe(variant, size):
 
 
 def time_steps(variants, size, device, warmup, repeats):
-    """Median seconds per step of each variant, timed interleaved; also each one's first-step time."""
+    """Median seconds per step of each variant, timed interleaved; and each one's first step."""
     torch._dynamo.reset()  # forget earlier compilations, so that the first step pays for its own
     steps = {v: build(v, size, device)[0] for v in variants}
     first = {}
@@ -233,29 +275,55 @@ def benchmark(args, device):
         for v in variants:
             achieved = flops[v] / seconds[v] / 1e12
             compile_s = first[v] - seconds[v] if v.endswith("compile") else None
-            row = {"size": size, "variant": v, "ms": seconds[v] * 1000, "speedup": seconds["naive"] / seconds[v],
-                   "tflop": flops[v] / 1e12, "tflops": achieved, "peak_pct": 100 * achieved / peak,
-                   "memory_mb": memory[v], "compile_s": compile_s}
+            row = {
+                "size": size,
+                "variant": v,
+                "ms": seconds[v] * 1000,
+                "speedup": seconds["naive"] / seconds[v],
+                "tflop": flops[v] / 1e12,
+                "tflops": achieved,
+                "peak_pct": 100 * achieved / peak,
+                "memory_mb": memory[v],
+                "compile_s": compile_s,
+            }
             rows.append(row)
-            print("  " + json.dumps({k: round(x, 3) if isinstance(x, float) else x for k, x in row.items()}),
-                  flush=True)
+            print(
+                "  "
+                + json.dumps(
+                    {k: round(x, 3) if isinstance(x, float) else x for k, x in row.items()}
+                ),
+                flush=True,
+            )
     return rows, peak
 
 
 def markdown(rows, peak, device, args):
     today = datetime.date.today().isoformat()
-    lines = [BEGIN, "", f"Measured {today} on {machine(device)}; peak (measured in the same run): "
-             f"{peak:.3f} TFLOP/s ({'8192^3 bf16 matmul' if device.type == 'cuda' else 'bf16 3x3 conv, 256 ch'}).",
-             f"Median of {args.repeats} interleaved repeats after {args.warmup} warm-up steps. "
-             f"Command: `python benchmarks/bench_train.py {' '.join(sys.argv[1:])}`".rstrip(), "",
-             "| size | step | ms/step | speedup | TFLOP/step | TFLOP/s | % of peak | peak memory (MB) | compile (s) |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        BEGIN,
+        "",
+        f"Measured {today} on {machine(device)}; peak (measured in the same run): "
+        f"{peak:.3f} TFLOP/s ({PEAK_WORK[device.type == 'cuda']}).",
+        f"Median of {args.repeats} interleaved repeats after {args.warmup} warm-up steps. "
+        f"Command: `python benchmarks/bench_train.py {' '.join(sys.argv[1:])}`".rstrip(),
+        "",
+        "| size | step | ms/step | speedup | TFLOP/step | TFLOP/s | % of peak "
+        "| peak memory (MB) | compile (s) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         compile_s = f"{r['compile_s']:.1f}" if r["compile_s"] is not None else ""
-        lines.append(f"| {r['size']} | {r['variant']} | {r['ms']:.0f} | {r['speedup']:.2f}x | {r['tflop']:.3f} | "
-                     f"{r['tflops']:.3f} | {r['peak_pct']:.0f}% | {r['memory_mb']:.0f} | {compile_s} |")
-    memory_kind = ("allocator peak" if device.type == "cuda" else "max RSS of a fresh process running two steps; "
-                   "about 750 MB of it is torch, matplotlib and the models, before any step")
+        lines.append(
+            f"| {r['size']} | {r['variant']} | {r['ms']:.0f} | {r['speedup']:.2f}x "
+            f"| {r['tflop']:.3f} | "
+            f"{r['tflops']:.3f} | {r['peak_pct']:.0f}% | {r['memory_mb']:.0f} | {compile_s} |"
+        )
+    memory_kind = (
+        "allocator peak"
+        if device.type == "cuda"
+        else "max RSS of a fresh process running two steps; "
+        "about 750 MB of it is torch, matplotlib and the models, before any step"
+    )
     lines += ["", f"Peak memory is the {memory_kind}.", "", END]
     return "\n".join(lines)
 
@@ -274,11 +342,21 @@ def write_results(table, device):
 
 
 def ablation(size, device, args):
-    variants = ["naive", "naive+channels_last", "naive+target_once", "naive+fused_adam", "deblur", "deblur+compile"]
+    variants = [
+        "naive",
+        "naive+channels_last",
+        "naive+target_once",
+        "naive+fused_adam",
+        "deblur",
+        "deblur+compile",
+    ]
     seconds, first = time_steps(variants, size, device, args.warmup, args.repeats)
     for v in variants:
-        print(f"{size} px {v:22s} {seconds[v] * 1000:8.0f} ms/step  {seconds['naive'] / seconds[v]:.2f}x  "
-              f"first step {first[v]:.1f} s")
+        print(
+            f"{size} px {v:22s} {seconds[v] * 1000:8.0f} ms/step  "
+            f"{seconds['naive'] / seconds[v]:.2f}x  "
+            f"first step {first[v]:.1f} s"
+        )
 
 
 def main():
@@ -286,12 +364,24 @@ def main():
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                        help="also time Deblur's step under torch.compile")
-    parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=True,
-                        help="write the table into benchmarks/RESULTS.md")
-    parser.add_argument("--ablation", type=int, metavar="SIZE", help="time each optimisation on its own")
-    parser.add_argument("--memory-probe", nargs=2, metavar=("VARIANT", "SIZE"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time Deblur's step under torch.compile",
+    )
+    parser.add_argument(
+        "--write",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write the table into benchmarks/RESULTS.md",
+    )
+    parser.add_argument(
+        "--ablation", type=int, metavar="SIZE", help="time each optimisation on its own"
+    )
+    parser.add_argument(
+        "--memory-probe", nargs=2, metavar=("VARIANT", "SIZE"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.memory_probe:
         return memory_probe(args.memory_probe[0], int(args.memory_probe[1]))

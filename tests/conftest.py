@@ -12,15 +12,32 @@ sys.path.insert(0, str(ROOT))
 
 # Every setting a test run uses, given explicitly: a user who edits a settings line in Deblur.py
 # changes what `python Deblur.py` does, never what these tests check.
-TINY = {"image_size": 32, "blur_kind": "gaussian", "blur_radius": 5.0, "blur_angle": 0.0, "num_epochs": 4,
-        "lr": 0.0001, "weight_decay": 1e-5, "mse_weight": 1.0, "perceptual_weight": 0.0, "max_grad_norm": 1.0,
-        "log_every": 2, "checkpoint_every": 1000, "seed": 0, "device": "cpu", "amp_dtype": "auto",
-        "compile": "off", "holdout_path": "", "resume": "", "apply": ""}
+TINY = {
+    "image_size": 32,
+    "blur_kind": "gaussian",
+    "blur_radius": 5.0,
+    "blur_angle": 0.0,
+    "num_epochs": 4,
+    "lr": 0.0001,
+    "weight_decay": 1e-5,
+    "mse_weight": 1.0,
+    "perceptual_weight": 0.0,
+    "max_grad_norm": 1.0,
+    "log_every": 2,
+    "checkpoint_every": 1000,
+    "seed": 0,
+    "device": "cpu",
+    "amp_dtype": "auto",
+    "compile": "off",
+    "holdout_path": "",
+    "resume": "",
+    "apply": "",
+}
 
 
 @pytest.fixture(autouse=True)
 def headless_and_offline(monkeypatch, tmp_path):
-    """No window can open, and an empty TORCH_HOME means no test ever finds (or fetches) real VGG weights."""
+    """No window can open, and with an empty TORCH_HOME no test finds (or fetches) VGG weights."""
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
 
@@ -30,8 +47,14 @@ def make_photo(size=(48, 40), seed=0):
     width, height = size
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width]
-    pixels = np.stack([(x * 255 // max(width - 1, 1)), ((x // 6 + y // 6) % 2) * 255,
-                       (y * 255 // max(height - 1, 1))], axis=-1).astype(np.float64)
+    pixels = np.stack(
+        [
+            (x * 255 // max(width - 1, 1)),
+            ((x // 6 + y // 6) % 2) * 255,
+            (y * 255 // max(height - 1, 1)),
+        ],
+        axis=-1,
+    ).astype(np.float64)
     pixels += rng.normal(0, 12, pixels.shape)
     return Image.fromarray(pixels.clip(0, 255).astype(np.uint8), "RGB")
 
@@ -44,12 +67,19 @@ def photo_path(tmp_path):
 
 
 def tiny_run_args(image, out, *extra):
-    """A run that takes seconds: 32 px, 4 epochs, MSE only, no held-out image, unless `extra` says otherwise."""
+    """A run of seconds: 32 px, 4 epochs, MSE only, no held-out image, unless `extra` says else."""
     settings = [arg for name, value in TINY.items() for arg in (f"--{name}", str(value))]
     return ["--image_path", str(image), "--output_dir", str(out), *settings, *extra]
 
 
 def run_script(*args, cwd=None, timeout=120, **popen):
     env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "Deblur.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout, **popen)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "Deblur.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **popen,
+    )

@@ -14,7 +14,9 @@ def test_wiener_and_richardson_lucy_improve_on_the_blurred_image(tmp_path, kind)
     path = tmp_path / "photo.png"
     make_photo((64, 64), seed=5).save(path)
     sharp_image, blurred_image = Deblur.load_image_pair(path, 64, kind, 3.0, 30.0)
-    sharp, blurred = (Deblur.image_to_tensor(image, "cpu") for image in (sharp_image, blurred_image))
+    sharp, blurred = (
+        Deblur.image_to_tensor(image, "cpu") for image in (sharp_image, blurred_image)
+    )
     restored = Deblur.deconvolve(blurred, kind, Deblur.blur_kernel(kind, 3.0, 30.0))
     blurred_psnr = Deblur.image_quality(blurred, sharp)[0]
     for name in ("Wiener", "Richardson–Lucy"):
@@ -22,18 +24,37 @@ def test_wiener_and_richardson_lucy_improve_on_the_blurred_image(tmp_path, kind)
         assert Deblur.image_quality(restored[name], sharp)[0] > blurred_psnr + 1, name
 
 
-def test_the_summary_sets_every_method_beside_the_held_out_image(photo_path, tmp_path, capsys, monkeypatch):
+def test_the_summary_sets_every_method_beside_the_held_out_image(
+    photo_path, tmp_path, capsys, monkeypatch
+):
     titles = {}
     real_save = Deblur.save_figure
-    monkeypatch.setattr(Deblur, "save_figure", lambda figure, path: (
-        titles.setdefault(path.name, [ax.get_title().split("\n")[0] for ax in figure.axes]), real_save(figure, path)))
-    assert Deblur.main(tiny_run_args(photo_path, tmp_path, "--holdout_path", str(ROOT / "data/holdout.jpg"))) == 0
+    monkeypatch.setattr(
+        Deblur,
+        "save_figure",
+        lambda figure, path: (
+            titles.setdefault(path.name, [ax.get_title().split("\n")[0] for ax in figure.axes]),
+            real_save(figure, path),
+        ),
+    )
+    assert (
+        Deblur.main(
+            tiny_run_args(photo_path, tmp_path, "--holdout_path", str(ROOT / "data/holdout.jpg"))
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     summary = {line.split(":")[0]: line for line in lines if " | held out: PSNR " in line}
     assert list(summary) == ["Blurred", "Wiener", "Richardson–Lucy", "Network"]
-    assert all(summary[name].count("gain") == 2 for name in ("Wiener", "Richardson–Lucy", "Network"))
-    assert titles["comparison.png"][4:] == ["Held out: Original Image", "Held out: Blurred Image",
-                                            "Held out: Richardson–Lucy", "Held out: Reconstructed Image"]
+    assert all(
+        summary[name].count("gain") == 2 for name in ("Wiener", "Richardson–Lucy", "Network")
+    )
+    assert titles["comparison.png"][4:] == [
+        "Held out: Original Image",
+        "Held out: Blurred Image",
+        "Held out: Richardson–Lucy",
+        "Held out: Reconstructed Image",
+    ]
 
 
 def test_holdout_path_empty_skips_the_second_image(photo_path, tmp_path, capsys):
@@ -42,7 +63,10 @@ def test_holdout_path_empty_skips_the_second_image(photo_path, tmp_path, capsys)
 
 
 def test_a_missing_holdout_image_is_refused_by_its_setting(photo_path, tmp_path, capsys):
-    assert Deblur.main(tiny_run_args(photo_path, tmp_path, "--holdout_path", str(tmp_path / "no.jpg"))) == 2
+    assert (
+        Deblur.main(tiny_run_args(photo_path, tmp_path, "--holdout_path", str(tmp_path / "no.jpg")))
+        == 2
+    )
     assert "(set holdout_path or pass --holdout_path FILE)" in capsys.readouterr().err
 
 
@@ -74,28 +98,48 @@ def test_apply_deblurs_a_photo_at_its_own_size_without_training(trained, tmp_pat
     net.load_state_dict(torch.load(trained / "checkpoint.pt", weights_only=True)["model"])
     with torch.no_grad():
         whole = Deblur.to_hwc(net(Deblur.image_to_tensor(Image.open(photo).convert("RGB"), "cpu")))
-    assert np.abs(np.asarray(Image.open(result), dtype=np.float64) - whole * 255).max() <= 0.5 + 1e-3
+    assert (
+        np.abs(np.asarray(Image.open(result), dtype=np.float64) - whole * 255).max() <= 0.5 + 1e-3
+    )
 
 
 def test_apply_reads_the_checkpoint_named_by_resume(trained, tmp_path, photo_path):
     elsewhere = tmp_path / "elsewhere"
     checkpoint = str(trained / "checkpoint.pt")
-    assert Deblur.main(tiny_run_args("unused.png", elsewhere, "--apply", str(photo_path), "--resume", checkpoint)) == 0
+    assert (
+        Deblur.main(
+            tiny_run_args(
+                "unused.png", elsewhere, "--apply", str(photo_path), "--resume", checkpoint
+            )
+        )
+        == 0
+    )
     assert (elsewhere / "photo_deblurred.png").exists()
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda d: None, "no checkpoint at"),
-    (lambda d: (d / "out").mkdir() or (d / "out" / "checkpoint.pt").write_bytes(b"junk"), "not a Deblur checkpoint"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: None, "no checkpoint at"),
+        (
+            lambda d: (d / "out").mkdir() or (d / "out" / "checkpoint.pt").write_bytes(b"junk"),
+            "not a Deblur checkpoint",
+        ),
+    ],
+)
 def test_apply_without_a_usable_checkpoint_is_refused(photo_path, tmp_path, capsys, make, message):
     make(tmp_path)
-    assert Deblur.main(tiny_run_args("unused.png", tmp_path / "out", "--apply", str(photo_path))) == 2
+    assert (
+        Deblur.main(tiny_run_args("unused.png", tmp_path / "out", "--apply", str(photo_path))) == 2
+    )
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out" / "photo_deblurred.png").exists()
 
 
 def test_apply_to_something_that_is_not_a_photo_is_refused(trained, tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("not a picture")
-    assert Deblur.main(tiny_run_args("unused.png", trained, "--apply", str(tmp_path / "notes.txt"))) == 2
+    assert (
+        Deblur.main(tiny_run_args("unused.png", trained, "--apply", str(tmp_path / "notes.txt")))
+        == 2
+    )
     assert "is not an image Pillow can read" in capsys.readouterr().err

@@ -1,7 +1,8 @@
 """Faults that must not lose work, each run as a real `python Deblur.py` process (issue 9's cases).
 
 Every case starts from a folder holding files the user cares about; their bytes are checksummed
-before and must all still be there afterwards (under their own name, or kept aside as checkpoint.N.pt).
+before and must all still be there afterwards (under their own name, or kept aside as
+checkpoint.N.pt).
 """
 
 import hashlib
@@ -20,35 +21,60 @@ from conftest import ROOT, make_photo, tiny_run_args
 from PIL import Image
 
 import Deblur
+import support
 
 EARLIER_CHECKPOINT = b"an earlier run's checkpoint: a day of training"
 
 
 def png_rgb16(path, width=40, height=32):
-    """A 16-bit-per-channel RGB PNG, written by hand: Pillow opens it as 8-bit RGB without saying so."""
+    """A 16-bit-per-channel RGB PNG, written by hand: Pillow opens it as 8-bit RGB, silently."""
     pixels = (np.random.default_rng(0).random((height, width, 3)) * 65535).astype(">u2")
     raw = b"".join(b"\0" + row.tobytes() for row in pixels)
+
     def chunk(kind, data):
         return pack(">I", len(data)) + kind + data + pack(">I", zlib.crc32(kind + data))
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 def nan_checkpoint(path):
     net = Deblur.DeblurNet()
     state = net.state_dict()
     state["main.0.weight"][0, 0, 0, 0] = float("nan")
-    settings = {"image_size": 32, "blur_radius": 5.0, "image_path": "", "blur_kind": "gaussian", "blur_angle": 0.0}
-    torch.save({"model": state, "optimizer": torch.optim.Adam(net.parameters()).state_dict(), "scaler": {},
-                "settings": settings, "epoch": 4, "elapsed": 1.0, "history": []}, path)
+    settings = {
+        "image_size": 32,
+        "blur_radius": 5.0,
+        "image_path": "",
+        "blur_kind": "gaussian",
+        "blur_angle": 0.0,
+    }
+    torch.save(
+        {
+            "model": state,
+            "optimizer": torch.optim.Adam(net.parameters()).state_dict(),
+            "scaler": {},
+            "settings": settings,
+            "epoch": 4,
+            "elapsed": 1.0,
+            "history": [],
+        },
+        path,
+    )
 
 
-# Disk full inside torch.save, as PyTorch reports it: a RuntimeError after part of the file is written.
+# Disk full inside torch.save, as PyTorch reports it: a RuntimeError after part of the file.
 DISK_FULL = textwrap.dedent("""
     import sys, torch
     def full_disk(obj, f, *args, **kwargs):
         open(f, "wb").write(b"half a checkpoint")
-        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0\\nfile write failed")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0\\nfile write failed"
+        )
     torch.save = full_disk
     sys.path.insert(0, {root!r})
     import Deblur
@@ -67,27 +93,74 @@ def photo(folder, name="photo.png", image=None):
     return folder / name
 
 
-# (case, how to prepare the folder -> (image, extra args), exit code, words in the output, signal to send)
+# (case, how to prepare the folder -> (image, extra args), exit code, words in the output,
+#  signal to send)
 CASES = [
-    ("1 SIGTERM", lambda d: (photo(d), ["--num_epochs", "100000", "--log_every", "5"]), 143,
-     "Training stopped early at epoch", signal.SIGTERM),
-    ("1 SIGHUP", lambda d: (photo(d), ["--num_epochs", "100000", "--log_every", "5"]), 129,
-     "Training stopped early at epoch", signal.SIGHUP),
-    ("2 input named like an output", lambda d: (photo(d / "out", "reconstructed_image.jpg"), []), 2,
-     "has the name of an output in output_dir", None),
-    ("3 fresh run over earlier checkpoints", lambda d: (photo(d), []), 0, "was kept as checkpoint.2.pt", None),
-    ("5 checkpoint with NaN weights", lambda d: (photo(d), ["--resume", str(d / "nan.pt")]), 2,
-     "holds NaN weights", None),
-    ("5 flat image", lambda d: (photo(d, image=Image.new("RGB", (40, 40), (90, 120, 150))), []), 0,
-     "(no blur to undo)", None),
-    ("6 disk full inside torch.save", lambda d: (photo(d), []), 1,
-     "could not write", None),
-    ("7 seed -1", lambda d: (photo(d), ["--seed", "-1"]), 2, "--seed must be between 0 and 4294967295", None),
-    ("8 log_every > num_epochs", lambda d: (photo(d), ["--num_epochs", "3", "--log_every", "50"]), 0,
-     "Epoch 3, Total Loss", None),
+    (
+        "1 SIGTERM",
+        lambda d: (photo(d), ["--num_epochs", "100000", "--log_every", "5"]),
+        143,
+        "Training stopped early at epoch",
+        signal.SIGTERM,
+    ),
+    (
+        "1 SIGHUP",
+        lambda d: (photo(d), ["--num_epochs", "100000", "--log_every", "5"]),
+        129,
+        "Training stopped early at epoch",
+        signal.SIGHUP,
+    ),
+    (
+        "2 input named like an output",
+        lambda d: (photo(d / "out", "reconstructed_image.jpg"), []),
+        2,
+        "has the name of an output in output_dir",
+        None,
+    ),
+    (
+        "3 fresh run over earlier checkpoints",
+        lambda d: (photo(d), []),
+        0,
+        "was kept as checkpoint.2.pt",
+        None,
+    ),
+    (
+        "5 checkpoint with NaN weights",
+        lambda d: (photo(d), ["--resume", str(d / "nan.pt")]),
+        2,
+        "holds NaN weights",
+        None,
+    ),
+    (
+        "5 flat image",
+        lambda d: (photo(d, image=Image.new("RGB", (40, 40), (90, 120, 150))), []),
+        0,
+        "(no blur to undo)",
+        None,
+    ),
+    ("6 disk full inside torch.save", lambda d: (photo(d), []), 1, "could not write", None),
+    (
+        "7 seed -1",
+        lambda d: (photo(d), ["--seed", "-1"]),
+        2,
+        "--seed must be between 0 and 4294967295",
+        None,
+    ),
+    (
+        "8 log_every > num_epochs",
+        lambda d: (photo(d), ["--num_epochs", "3", "--log_every", "50"]),
+        0,
+        "Epoch 3, Total Loss",
+        None,
+    ),
     ("9 animated image", lambda d: (animated(d), []), 0, "used its first frame only", None),
-    ("9 output_dir /proc", lambda d: (photo(d), ["--output_dir", "/proc"]), 2,
-     "cannot create files in output_dir /proc", None),
+    (
+        "9 output_dir /proc",
+        lambda d: (photo(d), ["--output_dir", "/proc"]),
+        2,
+        "cannot create files in output_dir /proc",
+        None,
+    ),
 ]
 
 
@@ -101,7 +174,9 @@ def prepare(case, folder):
     if name == "5 checkpoint with NaN weights":
         nan_checkpoint(folder / "nan.pt")
     image, extra = make(folder)
-    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+    before = {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
+    }
     return image, tiny_run_args(image, out, *extra), before
 
 
@@ -132,9 +207,16 @@ class FaultRuns(dict):
 
     def run(self, cases):
         prepared = [prepare(case, self.tmp_path_factory.mktemp("case")) for case in cases]
-        with ThreadPoolExecutor(max_workers=3) as pool:  # each process spends seconds importing torch
+        with ThreadPoolExecutor(
+            max_workers=3
+        ) as pool:  # each process spends seconds importing torch
             results = list(pool.map(execute, cases, [args for _, args, _ in prepared]))
-        self.update({case[0]: (result, *ready) for case, result, ready in zip(cases, results, prepared, strict=True)})
+        self.update(
+            {
+                case[0]: (result, *ready)
+                for case, result, ready in zip(cases, results, prepared, strict=True)
+            }
+        )
 
     def __missing__(self, name):
         self.run([case for case in CASES if case[0] == name])
@@ -144,9 +226,14 @@ class FaultRuns(dict):
 @pytest.fixture(scope="module")
 def fault_runs(request, tmp_path_factory):
     runs = FaultRuns(tmp_path_factory)
-    selected = {item.callspec.params["case"][0] for item in request.session.items
-                if "case" in getattr(getattr(item, "callspec", None), "params", {})}
-    runs.run([case for case in CASES if case[0] in selected])  # the selected cases at once, in parallel
+    selected = {
+        item.callspec.params["case"][0]
+        for item in request.session.items
+        if "case" in getattr(getattr(item, "callspec", None), "params", {})
+    }
+    runs.run(
+        [case for case in CASES if case[0] in selected]
+    )  # the selected cases at once, in parallel
     return runs
 
 
@@ -171,7 +258,9 @@ def test_sigterm_writes_a_checkpoint_that_resume_continues(fault_runs, capsys):
     out = image.parent / "out"
     stopped = torch.load(out / "checkpoint.pt", weights_only=True)["epoch"]
     assert f"stopped early at epoch {stopped} of 100000" in result.stdout
-    assert (out / "checkpoint.1.pt").read_bytes() == EARLIER_CHECKPOINT  # moved aside only once replaced
+    assert (
+        out / "checkpoint.1.pt"
+    ).read_bytes() == EARLIER_CHECKPOINT  # moved aside only once replaced
     assert Deblur.main(tiny_run_args(image, out, "--resume", "--num_epochs", str(stopped + 2))) == 0
     assert f"Resumed from {out / 'checkpoint.pt'} at epoch {stopped}" in capsys.readouterr().out
 
@@ -201,47 +290,87 @@ def test_the_final_epoch_makes_the_history_and_the_curves(fault_runs):
 
 def test_a_second_run_in_the_same_folder_is_refused_naming_the_first(photo_path, tmp_path):
     out = tmp_path / "out"
-    first = subprocess.Popen([sys.executable, "-u", str(ROOT / "Deblur.py"),
-                              *tiny_run_args(photo_path, out, "--num_epochs", "100000", "--log_every", "5")],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-u",
+            str(ROOT / "Deblur.py"),
+            *tiny_run_args(photo_path, out, "--num_epochs", "100000", "--log_every", "5"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in first.stdout:
         if line.startswith("Epoch 5,"):
             break
-    second = subprocess.run([sys.executable, str(ROOT / "Deblur.py"), *tiny_run_args(photo_path, out)],
-                            capture_output=True, text=True, timeout=120)
+    second = subprocess.run(
+        [sys.executable, str(ROOT / "Deblur.py"), *tiny_run_args(photo_path, out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     first.send_signal(signal.SIGINT)
     first.communicate(timeout=60)
     assert second.returncode == 2 and len(second.stderr.strip().splitlines()) == 1, second.stderr
     assert f"another Deblur run (PID {first.pid}) is using output_dir {out}" in second.stderr
     assert first.returncode == 130
-    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] >= 5  # the first run's, untouched
+    assert (
+        torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] >= 5
+    )  # the first run's, untouched
 
 
 def test_the_free_space_asked_for_is_what_this_run_needs(photo_path, tmp_path, monkeypatch, capsys):
-    needed = 2 * Deblur.CHECKPOINT_BYTES + 16 * 32**2 + 2**24  # two checkpoints and the outputs at 32 px
+    needed = support.space_needed(32)  # two checkpoints and the outputs at 32 px
     for free, code in ((needed - 2**20, 2), (needed + 2**20, 0)):
-        monkeypatch.setattr(Deblur.shutil, "disk_usage", lambda path, free=free: type("Usage", (), {"free": free}))
+        monkeypatch.setattr(
+            support.shutil, "disk_usage", lambda path, free=free: type("Usage", (), {"free": free})
+        )
         assert Deblur.main(tiny_run_args(photo_path, tmp_path)) == code
     assert f"this run needs about {needed // 2**20 + 1} MB" in capsys.readouterr().err
 
 
-# The rest of cases 5, 7 and 9, in-process (a process each would add minutes to the suite): same checks.
+# The rest of cases 5, 7 and 9, in-process (a process each would add minutes to the suite), with
+# the same checks.
 IN_PROCESS = [
     ("5 blur radius 0", lambda d: (photo(d), ["--blur_radius", "0"]), 0, "(no blur to undo)"),
-    ("7 seed 99999999999", lambda d: (photo(d), ["--seed", "99999999999"]), 2, "--seed must be between"),
-    ("9 16-bit RGB PNG", lambda d: (png_rgb16(d / "deep.png") or d / "deep.png", []), 0, "deep.png: reduced it to 8"),
-    ("9 1x4000 image", lambda d: (photo(d, image=make_photo((1, 4000))), []), 0, "1x4000; resized it to 32x32, "
-     "stretching it"),
-    ("9 float16 on a CPU", lambda d: (photo(d), ["--amp_dtype", "float16", "--num_epochs", "1"]), 0,
-     "float16 on a CPU is emulated"),
+    (
+        "7 seed 99999999999",
+        lambda d: (photo(d), ["--seed", "99999999999"]),
+        2,
+        "--seed must be between",
+    ),
+    (
+        "9 16-bit RGB PNG",
+        lambda d: (png_rgb16(d / "deep.png") or d / "deep.png", []),
+        0,
+        "deep.png: reduced it to 8",
+    ),
+    (
+        "9 1x4000 image",
+        lambda d: (photo(d, image=make_photo((1, 4000))), []),
+        0,
+        "1x4000; resized it to 32x32, stretching it",
+    ),
+    (
+        "9 float16 on a CPU",
+        lambda d: (photo(d), ["--amp_dtype", "float16", "--num_epochs", "1"]),
+        0,
+        "float16 on a CPU is emulated",
+    ),
 ]
 
 
-@pytest.mark.parametrize("name, make, code, words", IN_PROCESS, ids=[case[0] for case in IN_PROCESS])
-def test_the_smaller_faults_end_in_one_clear_line_and_lose_nothing(tmp_path, capsys, name, make, code, words):
+@pytest.mark.parametrize(
+    "name, make, code, words", IN_PROCESS, ids=[case[0] for case in IN_PROCESS]
+)
+def test_the_smaller_faults_end_in_one_clear_line_and_lose_nothing(
+    tmp_path, capsys, name, make, code, words
+):
     image, args, before = prepare((name, make), tmp_path)
     assert Deblur.main(args) == code
     captured = capsys.readouterr()
     assert words in captured.out + captured.err and "upscal" not in captured.out
-    assert {hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.rglob("*") if p.is_file()} >= set(
-        before.values())
+    assert {
+        hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.rglob("*") if p.is_file()
+    } >= set(before.values())

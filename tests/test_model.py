@@ -8,8 +8,17 @@ def test_layers_are_the_seeds_seven_convolutions_with_tanh_between():
     layers = list(DeblurNet().main)
     convs = [layer for layer in layers if isinstance(layer, nn.Conv2d)]
     assert [(c.in_channels, c.out_channels) for c in convs] == [
-        (3, 64), (64, 128), (128, 256), (256, 256), (256, 128), (128, 64), (64, 3)]
-    assert all(c.kernel_size == (3, 3) and c.padding == (1, 1) and c.stride == (1, 1) for c in convs)
+        (3, 64),
+        (64, 128),
+        (128, 256),
+        (256, 256),
+        (256, 128),
+        (128, 64),
+        (64, 3),
+    ]
+    assert all(
+        c.kernel_size == (3, 3) and c.padding == (1, 1) and c.stride == (1, 1) for c in convs
+    )
     assert [type(layer) for layer in layers] == [nn.Conv2d, nn.Tanh] * 6 + [nn.Conv2d]
 
 

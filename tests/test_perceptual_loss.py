@@ -1,5 +1,8 @@
+from urllib.error import URLError
+
 import pytest
 import torch
+import torchvision
 from torch import nn
 from torch.nn import functional as F
 from torchvision.models import VGG19_Weights, vgg19
@@ -64,11 +67,13 @@ def test_precomputed_target_maps_give_the_same_loss(vgg):
     a, b = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         target_maps = vgg.feature_maps(b)
-    assert perceptual_distance(vgg.feature_maps(a), target_maps).item() == pytest.approx(vgg(a, b).item(), rel=1e-6)
+    assert perceptual_distance(vgg.feature_maps(a), target_maps).item() == pytest.approx(
+        vgg(a, b).item(), rel=1e-6
+    )
 
 
 def test_pretrained_weights_are_read_from_the_torch_home_cache(tmp_path, monkeypatch):
-    # A full VGG19 state dict (548 MB) where torchvision looks for it: loading it must need no network.
+    # A full VGG19 state dict (548 MB) where torchvision looks for it: loading needs no network.
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     cache = tmp_path / "hub" / "checkpoints"
     cache.mkdir(parents=True)
@@ -80,7 +85,9 @@ def test_pretrained_weights_are_read_from_the_torch_home_cache(tmp_path, monkeyp
         assert torch.equal(tensor, state[f"features.{name}"]), name
 
 
-def test_unloadable_weights_give_none_and_a_message_naming_the_damaged_file(tmp_path, monkeypatch, capsys):
+def test_unloadable_weights_give_none_and_a_message_naming_the_damaged_file(
+    tmp_path, monkeypatch, capsys
+):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     cache = tmp_path / "hub" / "checkpoints"
     cache.mkdir(parents=True)
@@ -89,3 +96,26 @@ def test_unloadable_weights_give_none_and_a_message_naming_the_damaged_file(tmp_
     assert load_vgg19_loss("IMAGENET1K_V1", torch.device("cpu")) is None
     err = capsys.readouterr().err
     assert f"delete {damaged}" in err and "MSE loss only" in err and "perceptual_weight = 0" in err
+
+
+def test_offline_the_message_says_where_to_put_the_weights(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.models._api.WeightsEnum, "get_state_dict", offline)
+    assert load_vgg19_loss("IMAGENET1K_V1", torch.device("cpu")) is None
+    err = capsys.readouterr().err
+    url = VGG19_Weights.IMAGENET1K_V1.url
+    assert f"download {url} and put it in {tmp_path / 'hub' / 'checkpoints'}/" in err
+    assert "URLError" in err and "MSE loss only" in err
+
+
+def test_a_bug_in_the_vgg_loss_raises_instead_of_training_without_it(monkeypatch):
+    def bug(*args, **kwargs):
+        raise TypeError("vgg19() got an unexpected keyword argument")
+
+    monkeypatch.setattr(torchvision.models, "vgg19", bug)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        load_vgg19_loss(None, torch.device("cpu"))

@@ -5,14 +5,17 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, tiny_run_args
+from conftest import tiny_run_args
 from PIL import Image
 from torchvision.models import VGG19_Weights
 
 import Deblur
+import support
 
-LOG_LINE = re.compile(r"^Epoch (\d+), Total Loss: \d+\.\d{6}, MSE: \d+\.\d{6}, Perceptual: \d+\.\d{6}, "
-                      r"PSNR: -?\d+\.\d\d dB, \d+\.\d epochs/s, elapsed \d+:\d\d:\d\d, ETA \d+:\d\d:\d\d$")
+LOG_LINE = re.compile(
+    r"^Epoch (\d+), Total Loss: \d+\.\d{6}, MSE: \d+\.\d{6}, Perceptual: \d+\.\d{6}, "
+    r"PSNR: -?\d+\.\d\d dB, \d+\.\d epochs/s, elapsed \d+:\d\d:\d\d, ETA \d+:\d\d:\d\d$"
+)
 
 
 def run(photo, out, *extra, vgg_weights=None):
@@ -30,16 +33,36 @@ def test_short_run_lowers_the_loss_and_writes_every_output(photo_path, tmp_path)
     rows = history(out)
     assert [int(r["epoch"]) for r in rows] == [5, 10, 15, 20, 25, 30]
     assert float(rows[-1]["total"]) < float(rows[0]["total"]) * 0.8
-    for name in ("comparison.png", "reconstructed_image.jpg", "training_curves.png", "history.csv", "checkpoint.pt"):
+    for name in (
+        "comparison.png",
+        "reconstructed_image.jpg",
+        "training_curves.png",
+        "history.csv",
+        "checkpoint.pt",
+    ):
         assert (out / name).stat().st_size > 0, name
     assert Image.open(out / "reconstructed_image.jpg").size == (32, 32)
 
 
 def test_log_lines_start_with_the_seeds_format(photo_path, tmp_path, capsys):
-    assert run(photo_path, tmp_path, "--num_epochs", "20", "--log_every", "10", "--perceptual_weight", "0.1") == 0
+    assert (
+        run(
+            photo_path,
+            tmp_path,
+            "--num_epochs",
+            "20",
+            "--log_every",
+            "10",
+            "--perceptual_weight",
+            "0.1",
+        )
+        == 0
+    )
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Epoch ")]
     assert [LOG_LINE.match(line).group(1) for line in lines] == ["10", "20"]
-    assert float(re.search(r"Perceptual: (\S+),", lines[0]).group(1)) > 0  # the (random) VGG term is in the loss
+    assert (
+        float(re.search(r"Perceptual: (\S+),", lines[0]).group(1)) > 0
+    )  # the (random) VGG term is in the loss
 
 
 def test_history_row_matches_the_log_line(photo_path, tmp_path, capsys):
@@ -47,22 +70,38 @@ def test_history_row_matches_the_log_line(photo_path, tmp_path, capsys):
     line = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Epoch 4,")][0]
     row = history(tmp_path)[-1]
     assert list(row) == ["epoch", "total", "mse", "perceptual", "psnr", "seconds"]
-    assert f"Total Loss: {float(row['total']):.6f}" in line and f"PSNR: {float(row['psnr']):.2f} dB" in line
+    assert (
+        f"Total Loss: {float(row['total']):.6f}" in line
+        and f"PSNR: {float(row['psnr']):.2f} dB" in line
+    )
 
 
 def test_the_final_epoch_is_logged_even_when_log_every_is_larger(photo_path, tmp_path, capsys):
     assert run(photo_path, tmp_path, "--num_epochs", "3", "--log_every", "100") == 0
     assert [row["epoch"] for row in history(tmp_path)] == ["3"]
-    assert "Epoch 3, Total Loss" in capsys.readouterr().out and (tmp_path / "training_curves.png").exists()
+    assert (
+        "Epoch 3, Total Loss" in capsys.readouterr().out
+        and (tmp_path / "training_curves.png").exists()
+    )
 
 
-def test_comparison_figure_has_the_seeds_titled_panels_and_richardson_lucy(photo_path, tmp_path, monkeypatch):
+def test_comparison_figure_has_the_seeds_titled_panels_and_richardson_lucy(
+    photo_path, tmp_path, monkeypatch
+):
     titles = {}
     real_save = Deblur.save_figure
-    monkeypatch.setattr(Deblur, "save_figure", lambda figure, path: (
-        titles.setdefault(path.name, [ax.get_title() for ax in figure.axes]
-                          + [inset.get_title() for ax in figure.axes for inset in ax.child_axes]),
-        real_save(figure, path)))
+    monkeypatch.setattr(
+        Deblur,
+        "save_figure",
+        lambda figure, path: (
+            titles.setdefault(
+                path.name,
+                [ax.get_title() for ax in figure.axes]
+                + [inset.get_title() for ax in figure.axes for inset in ax.child_axes],
+            ),
+            real_save(figure, path),
+        ),
+    )
     assert run(photo_path, tmp_path) == 0
     original, blurred, richardson_lucy, restored, kernel = titles["comparison.png"]
     assert original == "Original Image"
@@ -90,7 +129,9 @@ def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(photo_path, tm
     assert split["epoch"] == whole["epoch"] == 8
     for name, tensor in whole["model"].items():
         assert torch.equal(tensor, split["model"][name]), name
-    logged = {row[0]: row[:5] for row in split["history"]}  # the split run also logged its last epoch, 5
+    logged = {
+        row[0]: row[:5] for row in split["history"]
+    }  # the split run also logged its last epoch, 5
     assert [logged[row[0]] for row in whole["history"]] == [row[:5] for row in whole["history"]]
 
 
@@ -105,28 +146,47 @@ def test_resume_with_a_new_learning_rate_is_allowed_and_said(photo_path, tmp_pat
     assert run(photo_path, tmp_path, "--num_epochs", "6", "--lr", "0.001", "--resume") == 0
     out = capsys.readouterr().out
     assert "resuming with lr = 0.001 (the checkpoint used 0.0001)" in out and "Resumed from" in out
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"][0]["lr"] == 0.001
+    assert (
+        torch.load(tmp_path / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"][0][
+            "lr"
+        ]
+        == 0.001
+    )
 
 
-def test_resume_may_switch_between_bfloat16_and_float16_with_a_grad_scaler(photo_path, tmp_path, capsys):
+def test_resume_may_switch_between_bfloat16_and_float16_with_a_grad_scaler(
+    photo_path, tmp_path, capsys
+):
     assert run(photo_path, tmp_path) == 0
     assert run(photo_path, tmp_path, "--num_epochs", "6", "--amp_dtype", "float16", "--resume") == 0
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["scaler"]["scale"] > 0
-    assert run(photo_path, tmp_path, "--num_epochs", "8", "--amp_dtype", "bfloat16", "--resume") == 0
-    assert "resuming with amp_dtype = 'bfloat16' (the checkpoint used 'float16')" in capsys.readouterr().out
+    assert (
+        run(photo_path, tmp_path, "--num_epochs", "8", "--amp_dtype", "bfloat16", "--resume") == 0
+    )
+    assert (
+        "resuming with amp_dtype = 'bfloat16' (the checkpoint used 'float16')"
+        in capsys.readouterr().out
+    )
 
 
-def test_clipping_sees_unscaled_gradients_under_float16_and_a_grad_scaler(photo_path, tmp_path, monkeypatch):
+def test_clipping_sees_unscaled_gradients_under_float16_and_a_grad_scaler(
+    photo_path, tmp_path, monkeypatch
+):
     norms = {}
     real_clip = torch.nn.utils.clip_grad_norm_
 
     def recording_clip(parameters, max_norm, **kwargs):
         parameters = list(parameters)
-        norms.setdefault(dtype, torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in parameters])).item())
+        norms.setdefault(
+            dtype, torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in parameters])).item()
+        )
         return real_clip(parameters, max_norm, **kwargs)
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
-    for dtype in ("float16", "bfloat16"):  # the same first step, with a GradScaler (scale 65536) and without
+    for dtype in (
+        "float16",
+        "bfloat16",
+    ):  # the same first step, with a GradScaler (scale 65536) and without
         assert run(photo_path, tmp_path / dtype, "--amp_dtype", dtype, "--num_epochs", "1") == 0
     assert norms["float16"] == pytest.approx(norms["bfloat16"], rel=0.05)
 
@@ -143,7 +203,9 @@ def test_a_crafted_pickle_checkpoint_is_refused_without_running_it(photo_path, t
     marker = tmp_path / "payload-ran"
     torch.save({"model": Payload(marker)}, tmp_path / "checkpoint.pt")
     assert Deblur.main(tiny_run_args(photo_path, tmp_path, "--resume")) == 2
-    assert "not a Deblur checkpoint, or is damaged; nothing in it was run" in capsys.readouterr().err
+    assert (
+        "not a Deblur checkpoint, or is damaged; nothing in it was run" in capsys.readouterr().err
+    )
     assert not marker.exists()
 
 
@@ -179,28 +241,45 @@ def test_perceptual_weight_zero_never_builds_the_vgg(photo_path, tmp_path, monke
 
 
 def test_divergence_stops_training_and_keeps_the_last_good_weights(photo_path, tmp_path, capsys):
-    code = run(photo_path, tmp_path, "--lr", "1e36", "--log_every", "1", "--checkpoint_every", "1",
-               "--num_epochs", "50")
+    code = run(
+        photo_path,
+        tmp_path,
+        "--lr",
+        "1e36",
+        "--log_every",
+        "1",
+        "--checkpoint_every",
+        "1",
+        "--num_epochs",
+        "50",
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert "became NaN or infinite" in err and "try --lr 1e+35" in err
     checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert all(torch.isfinite(t).all() for t in checkpoint["model"].values())
     assert checkpoint["epoch"] < 50 and f"epoch {checkpoint['epoch']}'s weights" in err
-    assert np.asarray(Image.open(tmp_path / "reconstructed_image.jpg")).std() > 0  # not NaN made one flat colour
+    assert (
+        np.asarray(Image.open(tmp_path / "reconstructed_image.jpg")).std() > 0
+    )  # not NaN made one flat colour
 
 
-def test_a_long_run_suggests_the_quick_look(capsys):
-    progress = SimpleNamespace(epoch=10, elapsed=20.0, history=[])
-    Deblur.log_progress(SimpleNamespace(num_epochs=20000), progress, [0.1, 0.1, 0.0], rate=0.5)
-    assert f"A quick look: python Deblur.py {Deblur.QUICK_LOOK}" in capsys.readouterr().out
-    Deblur.log_progress(SimpleNamespace(num_epochs=20000), progress, [0.1, 0.1, 0.0], rate=0.5)
+def test_a_long_run_suggests_the_quick_look(capsys, tmp_path):
+    progress = support.Progress(SimpleNamespace(num_epochs=20000, output_dir=tmp_path), stop=None)
+    progress.epoch = 10
+    progress.log([0.1, 0.1, 0.0], rate=0.5)
+    assert f"A quick look: python Deblur.py {support.QUICK_LOOK}" in capsys.readouterr().out
+    progress.log([0.1, 0.1, 0.0], rate=0.5)
     assert "quick look" not in capsys.readouterr().out  # said once, at the first log line
 
 
-def test_compile_on_compiles_the_loss_and_computes_what_eager_does(photo_path, tmp_path, monkeypatch):
+def test_compile_on_compiles_the_loss_and_computes_what_eager_does(
+    photo_path, tmp_path, monkeypatch
+):
     compiled, real_compile = [], torch.compile
-    monkeypatch.setattr(torch, "compile", lambda function, **kw: compiled.append(function) or real_compile(function))
+    monkeypatch.setattr(
+        torch, "compile", lambda function, **kw: compiled.append(function) or real_compile(function)
+    )
     losses = {}
     for mode in ("off", "on"):
         assert run(photo_path, tmp_path / mode, "--compile", mode) == 0
@@ -214,18 +293,28 @@ def test_compile_auto_is_off_on_a_cpu(photo_path, tmp_path, monkeypatch):
     assert run(photo_path, tmp_path, "--compile", "auto") == 0
 
 
-def test_a_failing_compile_is_said_and_training_runs_eagerly(photo_path, tmp_path, monkeypatch, capsys):
+def test_a_failing_compile_is_said_and_training_runs_eagerly(
+    photo_path, tmp_path, monkeypatch, capsys
+):
     def broken(*args):
         raise RuntimeError("no C++ compiler found")
+
     monkeypatch.setattr(torch, "compile", lambda function: broken)
     assert run(photo_path, tmp_path, "--compile", "on") == 0
-    assert "torch.compile failed (no C++ compiler found); training without it" in capsys.readouterr().out
+    assert (
+        "torch.compile failed (no C++ compiler found); training without it"
+        in capsys.readouterr().out
+    )
     assert len(history(tmp_path)) == 2
 
 
 def test_the_host_waits_for_the_device_only_on_logged_epochs(photo_path, tmp_path, monkeypatch):
     steps, waits = [0], set()
-    real_losses, real_item, real_bool = Deblur.compute_losses, torch.Tensor.item, torch.Tensor.__bool__
+    real_losses, real_item, real_bool = (
+        Deblur.compute_losses,
+        torch.Tensor.item,
+        torch.Tensor.__bool__,
+    )
 
     def counted_losses(*args):
         steps[0] += 1
@@ -235,23 +324,28 @@ def test_the_host_waits_for_the_device_only_on_logged_epochs(photo_path, tmp_pat
         def read(tensor):
             waits.add(steps[0])
             return real(tensor)
+
         return read
 
     monkeypatch.setattr(Deblur, "compute_losses", counted_losses)
     monkeypatch.setattr(torch.Tensor, "item", reading(real_item))
     monkeypatch.setattr(torch.Tensor, "__bool__", reading(real_bool))
     assert run(photo_path, tmp_path, "--num_epochs", "30", "--log_every", "10") == 0
-    assert waits == {0, 10, 20, 30}  # before training (the baseline), then the logged epochs only
+    # Before training (the baseline), then the logged epochs only. A `loss.item()` or `print(loss)`
+    # in the loop reads the loss every step: on a GPU the host then waits for the device every
+    # step, instead of queueing the next one, and training slows down.
+    assert waits == {0, 10, 20, 30}, (
+        f"the host read a tensor's value after steps {sorted(waits - {0, 10, 20, 30})}, which are "
+        "not logged epochs: on a GPU that makes the host wait for the device every step"
+    )
 
 
 @pytest.mark.parametrize("backend, shown", [("agg", False), ("tkagg", True)])
-def test_figures_are_shown_only_with_an_interactive_backend(photo_path, tmp_path, monkeypatch, backend, shown):
+def test_figures_are_shown_only_with_an_interactive_backend(
+    photo_path, tmp_path, monkeypatch, backend, shown
+):
     calls = []
     monkeypatch.setattr(Deblur.plt, "get_backend", lambda: backend)
     monkeypatch.setattr(Deblur.plt, "show", lambda: calls.append(backend))
     assert run(photo_path, tmp_path) == 0
     assert bool(calls) is shown
-
-
-def test_tiny_settings_are_what_the_runs_above_use():
-    assert TINY["perceptual_weight"] == 0 and TINY["compile"] == "off"
