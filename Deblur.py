@@ -9,7 +9,6 @@ The plumbing (command line, input checks, checkpoints, safe writes, signals) is 
 import math
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -23,17 +22,22 @@ from torch.nn import functional as F
 from PerceptualLoss import load_vgg19_loss, perceptual_distance
 from support import (
     Progress,
+    Result,
+    Row,
+    check_blur_fits,
     compile_or_not,
+    in_strips,
     input_paths,
-    load_checkpoint,
+    load_weights,
     locked_output_dir,
+    photo_output,
     pick_device,
     print_plan,
     print_summary,
+    read_checkpoint,
     read_rgb_image,
     report_outcome,
     resized,
-    resolve_image_path,
     restore_training,
     run_job,
     save_figure,
@@ -85,6 +89,13 @@ def blur(images, kernel):
     weight = torch.as_tensor(kernel, dtype=images.dtype).expand(3, 1, -1, -1)
     padded = F.pad(images, [kernel.shape[0] // 2] * 4, mode="replicate")
     return (F.conv2d(padded, weight, groups=3) * 255).round() / 255
+
+
+def blur_width(kind, radius):
+    """The kernel's width in pixels, known before the kernel is built."""
+    if kind == "gaussian":
+        return len(pillow_gaussian_1d(radius))
+    return 2 * math.ceil(radius) + 1
 
 
 def blur_kernel(kind, radius, angle=0.0):
@@ -239,20 +250,6 @@ WIENER_BALANCE = {"gaussian": 0.03, "motion": 0.1, "defocus": 0.1, "box": 0.3}
 RL_ITERATIONS = {"gaussian": 100, "motion": 20, "defocus": 20, "box": 20}
 
 
-class Result(NamedTuple):
-    image: torch.Tensor
-    psnr: float
-    ssim: float
-
-
-class Row(NamedTuple):
-    """One image of the comparison: its label, the sharp original, and {method: Result}."""
-
-    label: str
-    sharp: torch.Tensor
-    results: dict
-
-
 def psnr_from_mse(mse):
     return 10 * math.log10(1 / mse) if mse > 0 else math.inf
 
@@ -344,6 +341,8 @@ def run(cfg, stop, vgg_weights):
     device = pick_device(cfg.device)
     out = Path(cfg.output_dir)
     inputs = input_paths(cfg)
+    check_blur_fits(blur_width(cfg.blur_kind, cfg.blur_radius), cfg.image_size, "image_size")
+    checkpoint = read_checkpoint(cfg) if cfg.resume else None  # before anything is written
     pairs = {}
     for setting, path in inputs.items():
         images = load_image_pair(
@@ -353,8 +352,8 @@ def run(cfg, stop, vgg_weights):
     with locked_output_dir(out, inputs, space_needed(cfg.image_size)):
         net, vgg, optimizer, scaler = make_training(cfg, device, vgg_weights)
         progress = Progress(cfg, stop)
-        if cfg.resume:
-            restore_training(cfg, *load_checkpoint(cfg, net), optimizer, scaler, progress)
+        if checkpoint:
+            restore_training(cfg, *checkpoint, net, optimizer, scaler, progress)
         sharp, blurred = pairs["image_path"]
         amp = amp_dtype_of(cfg, device)
         print_plan(cfg, device, amp, vgg is not None, progress, image_quality(blurred, sharp))
@@ -369,36 +368,30 @@ def run(cfg, stop, vgg_weights):
             rows.append(Row("Held out: ", held_sharp.cpu(), results))
         print_summary(rows)
         save_results(out, rows, kernel, progress)
-    return report_outcome(cfg, outcome, progress, stop)
+    return report_outcome(cfg, outcome, progress, stop, SETTINGS)
 
 
 def apply_to_photo(cfg, stop):
     """--apply: the trained network on a photo at the photo's own size, as <name>_deblurred.png."""
     device = pick_device(cfg.device)
-    out = Path(cfg.output_dir)
-    photo_path = resolve_image_path(cfg.apply)
+    photo_path = input_paths(cfg)["apply"]
     image = image_to_tensor(read_rgb_image(photo_path, "apply"), device)
     net = DeblurNet().to(device, memory_format=torch.channels_last).eval()
-    load_checkpoint(cfg, net)
-    with locked_output_dir(out, {}, needed=32 * image.numel() + 2**24):
-        restored = restore_in_strips(net, image)
-        target = out / f"{photo_path.stem}_deblurred.png"  # a new name: the photo is never replaced
+    load_weights(net, *read_checkpoint(cfg))
+    with photo_output(cfg, photo_path, image) as target:  # never a file the user already has
+        starts = in_strips(range(0, image.shape[2], 64), stop, photo_path, image)
+        restored = restore_in_strips(net, image, starts)
         save_image(tensor_to_image(restored), target, "PNG")
-    print(
-        f"Deblurred {photo_path} at its own size, {image.shape[3]}x{image.shape[2]} (the network "
-        f"is convolutional, so any size works; it undoes blur of the pixel size it was trained "
-        f"on): {target}"
-    )
     return 0
 
 
-def restore_in_strips(net, image, rows=64):
+def restore_in_strips(net, image, starts, rows=64):
     """The network on strips of `rows` rows, to bound the memory; a margin of REACH rows on each
     side makes every strip exactly what the whole image would give."""
     restored = torch.empty_like(image)
     reach = DeblurNet.REACH
     with torch.no_grad():
-        for top in range(0, image.shape[2], rows):
+        for top in starts:
             start = max(top - reach, 0)
             strip = net(image[:, :, start : top + rows + reach])
             restored[:, :, top : top + rows] = strip[:, :, top - start :][:, :, :rows]

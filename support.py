@@ -6,17 +6,23 @@ needed to understand how the network learns to deblur.
 """
 
 import argparse
+import errno
+import hashlib
+import io
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import timedelta
+from functools import cached_property
 from itertools import count
 from pathlib import Path
 from time import perf_counter
+from typing import NamedTuple
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -91,6 +97,9 @@ def parse_settings(settings, script, argv=None):
         parser.add_argument(f"--{name}", choices=CHOICES.get(name), **option)
     cfg = parser.parse_args(argv)
     check_settings(cfg)
+    cfg.output_dir = os.path.expanduser(cfg.output_dir)  # a shell leaves '~/x' in quotes as is
+    if cfg.resume != "auto":
+        cfg.resume = os.path.expanduser(cfg.resume)
     return cfg
 
 
@@ -122,6 +131,10 @@ def refuse(name, value, requirement):
 
 def note(message):
     print(f"Note: {message}")
+
+
+def warn(message):
+    print(f"warning: {message}", file=sys.stderr)
 
 
 # ---- Reading images
@@ -211,11 +224,18 @@ def pick_device(name):
     }
     if name == "auto":
         name = next(kind for kind, ok in available.items() if ok)
+    no_such_device = DeblurError(
+        f"--device {name!r}: no such device on this machine; use auto, cpu, cuda, cuda:N or mps"
+    )
     if not available.get(name.split(":")[0]):
-        raise DeblurError(
-            f"--device {name!r}: no such device on this machine; use auto, cpu, cuda, cuda:N or mps"
-        )
-    return torch.device(name)
+        raise no_such_device
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # cpu:abc, cpu:0:0, cuda:x
+        raise no_such_device from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise no_such_device
+    return device
 
 
 def compile_or_not(function, net, inputs, amp):
@@ -250,6 +270,12 @@ class Progress:
         self.cfg, self.stop, self.out = cfg, stop, Path(cfg.output_dir)
         self.epoch, self.elapsed, self.history = 0, 0.0, []
         self.ours = False  # whether output_dir/checkpoint.pt is this run's (else it is kept aside)
+        self.checkpoint_owed = False  # a checkpoint write failed: try again at the next log
+
+    @cached_property
+    def image_digest(self):
+        """The training image's SHA-256, kept in the checkpoint: a changed image is not resumed."""
+        return file_digest(Path(self.cfg.image_path))
 
     def start(self, net):
         self.last_good = snapshot(net)
@@ -279,12 +305,25 @@ class Progress:
         self.timer_epoch, self.timer = epoch, now
         if self.logs:
             self.log(values, rate)
-            write_history(self.out / "history.csv", self.history)
-        if self.saves:
-            save_checkpoint(self.out / CHECKPOINT, net, optimizer, scaler, self)
+            self.try_to_write(write_history, self.out / "history.csv", self.history)
+        if self.saves or self.checkpoint_owed:
+            checkpoint = (self.out / CHECKPOINT, net, optimizer, scaler, self)
+            self.checkpoint_owed = not self.try_to_write(save_checkpoint, *checkpoint)
         if self.stopping:
             return "stopped"
         return "done" if epoch == self.cfg.num_epochs else "running"
+
+    def try_to_write(self, write, *args):
+        """A write that fails mid-run (a briefly full disk, say) is a warning: training goes on
+        and the next log or checkpoint epoch tries again. Only the final one is an error."""
+        try:
+            write(*args)
+            return True
+        except DeblurError as e:
+            if self.final:
+                raise
+            warn(f"{e}; training goes on, and tries again at the next log or checkpoint")
+            return False
 
     def log(self, values, rate):
         total, mse, perceptual = values
@@ -343,6 +382,7 @@ def save_checkpoint(path, net, optimizer, scaler, progress):
         "epoch": progress.epoch,
         "elapsed": progress.elapsed,
         "history": progress.history,
+        "image_digest": progress.image_digest,
     }
     with atomic_path(path) as temporary:
         torch.save(state, temporary)
@@ -357,10 +397,12 @@ def save_checkpoint(path, net, optimizer, scaler, progress):
 
 
 def first_free_name(path):
+    """path itself if free, else the first free name among path.1.suffix, path.2.suffix, ..."""
+    candidate = path
     for number in count(1):
-        candidate = path.with_name(f"{path.stem}.{number}{path.suffix}")
         if not candidate.exists():
             return candidate
+        candidate = path.with_name(f"{path.stem}.{number}{path.suffix}")
 
 
 def checkpoint_path(cfg):
@@ -369,35 +411,68 @@ def checkpoint_path(cfg):
     return Path(cfg.resume)
 
 
-def load_checkpoint(cfg, net):
-    """Reads --resume's checkpoint as data only (a file that would run code is refused) and loads
-    its weights into `net`."""
+def read_checkpoint(cfg):
+    """--resume's checkpoint, read as data only (a file that would run code is refused) and
+    checked field by field, before anything is written."""
     path = checkpoint_path(cfg)
+    if path.is_dir():
+        raise DeblurError(
+            f"--resume {path} is a folder; pass the checkpoint file in it, such as "
+            f"{path / CHECKPOINT}"
+        )
     if not path.is_file():
         raise DeblurError(
             f"no checkpoint at {path}; train one (a run without --resume), or pass --resume PATH"
         )
+    not_ours = DeblurError(
+        f"{path} is not a Deblur checkpoint, or is damaged; nothing in it was run"
+    )
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
         checkpoint = {key: loaded[key] for key in CHECKPOINT_KEYS}
     except Exception:  # noqa: BLE001 (whatever torch.load or a missing key raises: not ours)
-        raise DeblurError(
-            f"{path} is not a Deblur checkpoint, or is damaged; nothing in it was run"
-        ) from None
-    if any(torch.is_tensor(t) and not t.isfinite().all() for t in checkpoint["model"].values()):
+        raise not_ours from None
+    if not well_formed(checkpoint):
+        raise not_ours
+    if not all(tensor.isfinite().all() for tensor in checkpoint["model"].values()):
         raise DeblurError(
             f"{path} holds NaN weights (its run diverged); use an earlier checkpoint or start "
             f"afresh"
         )
+    checkpoint["image_digest"] = loaded.get("image_digest", "")
+    return path, checkpoint
+
+
+def well_formed(checkpoint):
+    """Every field of the type a run wrote: a hand-made file fails here, not hours later."""
+    history = checkpoint["history"]
+    number = (int, float)
+    return (
+        all(
+            isinstance(checkpoint[key], dict)
+            for key in ("model", "optimizer", "scaler", "settings")
+        )
+        and all(torch.is_tensor(tensor) for tensor in checkpoint["model"].values())
+        and type(checkpoint["epoch"]) is int
+        and checkpoint["epoch"] >= 0
+        and isinstance(checkpoint["elapsed"], number)
+        and math.isfinite(checkpoint["elapsed"])
+        and isinstance(history, list)
+        and all(isinstance(row, list) and len(row) == len(HISTORY_COLUMNS) for row in history)
+        and all(isinstance(value, number) for row in history for value in row)
+    )
+
+
+def load_weights(net, path, checkpoint):
     try:
         net.load_state_dict(checkpoint["model"])
     except RuntimeError:
         raise DeblurError(f"cannot use {path}: it holds a different network architecture") from None
-    return path, checkpoint
 
 
-def restore_training(cfg, path, checkpoint, optimizer, scaler, progress):
-    """Continues a run (optimizer, scaler, epoch, history), provided it solves the same problem."""
+def restore_training(cfg, path, checkpoint, net, optimizer, scaler, progress):
+    """Continues a run (weights, optimizer, scaler, epoch, history), provided it solves the same
+    problem on the same image."""
     saved = checkpoint["settings"]
     for name, old_default in PROBLEM.items():
         was = saved.get(name, old_default)
@@ -406,6 +481,12 @@ def restore_training(cfg, path, checkpoint, optimizer, scaler, progress):
                 f"cannot resume {path}: it was trained with {name} = {was!r}, not "
                 f"{getattr(cfg, name)!r}; use --{name} {was} or start afresh"
             )
+    if checkpoint["image_digest"] not in ("", progress.image_digest):
+        raise DeblurError(
+            f"cannot resume {path}: {cfg.image_path} has changed since it was trained on; use "
+            f"the original image, or start afresh"
+        )
+    load_weights(net, path, checkpoint)
     optimizer.load_state_dict(checkpoint["optimizer"])
     if checkpoint["scaler"]:  # empty when saved by a disabled scaler (bfloat16 or float32 runs)
         scaler.load_state_dict(checkpoint["scaler"])
@@ -426,11 +507,19 @@ def restore_training(cfg, path, checkpoint, optimizer, scaler, progress):
         )
 
 
+def file_digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+
+
 def input_paths(cfg):
     """{setting: path} of the images to read; image_path is made absolute, for the checkpoint."""
+    if cfg.apply:
+        return {"apply": resolve_image_path(cfg.apply)}
     inputs = {"image_path": resolve_image_path(cfg.image_path)}
     if cfg.holdout_path:
         inputs["holdout_path"] = resolve_image_path(cfg.holdout_path)
+        if inputs["holdout_path"].resolve() == inputs["image_path"].resolve():
+            note("holdout_path is the training image itself: its row is not held out")
     cfg.image_path = str(inputs["image_path"].resolve())
     return inputs
 
@@ -440,7 +529,26 @@ def space_needed(image_size):
     return 2 * CHECKPOINT_BYTES + 16 * image_size**2 + 2**24
 
 
+def check_blur_fits(width, size, setting):
+    """A blur wider than the image leaves nothing to learn from, and padding by it makes the
+    baselines ask for gigabytes: refused, naming the limit."""
+    if width > size:
+        raise DeblurError(
+            f"the {width}x{width}-pixel blur kernel is larger than the {size}x{size} image "
+            f"(--{setting}); lower --blur_radius (a gaussian's kernel is about 6 x radius + 1 "
+            f"pixels wide, the others 2 x radius + 1) or raise --{setting}"
+        )
+
+
 def print_plan(cfg, device, amp, perceptual, progress, baseline):
+    """The run's plan; a run with nothing to learn (no MSE, and no VGG19 to compare with) is
+    refused, since its loss would be 0 throughout."""
+    if cfg.mse_weight == 0 and not perceptual:
+        raise DeblurError(
+            f"--mse_weight is 0 and the VGG19 weights are unavailable, so --perceptual_weight "
+            f"{cfg.perceptual_weight} has nothing to compare: the loss would be 0 for the whole "
+            f"run and nothing would be learned; set --mse_weight above 0"
+        )
     psnr, ssim = baseline
     print(f"Using device: {device}")
     print(
@@ -456,7 +564,7 @@ def print_plan(cfg, device, amp, perceptual, progress, baseline):
         note("float16 on a CPU is emulated and far slower than bfloat16 (--amp_dtype auto)")
 
 
-def report_outcome(cfg, outcome, progress, stop):
+def report_outcome(cfg, outcome, progress, stop, defaults):
     """Says how training ended and where the results are; returns the exit code."""
     if outcome == "diverged":
         raise DeblurError(
@@ -468,13 +576,32 @@ def report_outcome(cfg, outcome, progress, stop):
         )
     out = Path(cfg.output_dir).resolve()
     print(f"Results are in {out}: {', '.join(OUTPUTS)} and {CHECKPOINT}")
-    if outcome != "stopped":
+    if outcome == "stopped":
+        print(
+            f"Training stopped early at epoch {progress.epoch} of {cfg.num_epochs}. "
+            f"To continue: {resume_command(cfg, defaults)}"
+        )
+    if stop.signum is None:
         return 0
-    print(
-        f"Training stopped early at epoch {progress.epoch} of {cfg.num_epochs}. "
-        f"To continue: {resume_command(cfg)}"
-    )
+    if outcome == "done":  # the signal came after training: the results were finished first
+        print(f"{signal_name(stop.signum)} came after training had finished: all is saved")
     return 128 + stop.signum
+
+
+class Result(NamedTuple):
+    """One method's restoration of an image, and its PSNR and SSIM against the sharp one."""
+
+    image: torch.Tensor
+    psnr: float
+    ssim: float
+
+
+class Row(NamedTuple):
+    """One image of the comparison: its label, the sharp original, and {method: Result}."""
+
+    label: str
+    sharp: torch.Tensor
+    results: dict
 
 
 def print_summary(rows):
@@ -494,10 +621,15 @@ def describe(result, blurred):
     return text + f" (gain {gain:+.2f} dB, {result.ssim - blurred.ssim:+.4f} SSIM)"
 
 
-def resume_command(cfg):
-    return "python Deblur.py --resume" + (
-        f" --output_dir {cfg.output_dir}" if cfg.output_dir != "." else ""
-    )
+def resume_command(cfg, defaults):
+    """The command that continues this run, pasted as printed: every setting that differs from
+    the settings block, so that the problem matches, quoted for the shell."""
+    script = sys.argv[0] if sys.argv[0].endswith("Deblur.py") else "Deblur.py"
+    words = ["python", script, "--resume"]
+    for name, value in vars(cfg).items():
+        if name not in ("resume", "apply") and value != defaults[name]:
+            words += [f"--{name}", str(value)]
+    return shlex.join(words)
 
 
 # ---- Safe writes and the output-dir lock
@@ -507,15 +639,21 @@ def resume_command(cfg):
 def locked_output_dir(out, inputs, needed):
     """Creates `out`, checks it can hold the results without overwriting an input, and holds an
     exclusive lock on it while the body runs: a second run in the same folder is refused, naming
-    this one's PID."""
+    this one's PID. Temporary files that killed runs left behind are removed."""
+    lock_path = out / ".deblur.lock"
     try:
         out.mkdir(parents=True, exist_ok=True)
-        lock = open(out / ".deblur.lock", "a+", encoding="utf-8")  # noqa: SIM115 (closed below)
+        # Never through a symbolic link: that would truncate whatever file it points to
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0))
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise DeblurError(
+                f"{lock_path} is a symbolic link; remove it (Deblur writes its PID there)"
+            ) from None
         raise DeblurError(
             f"cannot create files in output_dir {out} ({e.strerror}); use another --output_dir"
         ) from None
-    with lock:
+    with open(descriptor, "r+", encoding="utf-8") as lock:
         free = shutil.disk_usage(out).free
         if free < needed:
             raise DeblurError(
@@ -530,6 +668,7 @@ def locked_output_dir(out, inputs, needed):
                     f"be overwritten; rename or move it, or pass another --output_dir"
                 )
         take_lock(lock, out)
+        remove_stale_partials(out)
         yield
 
 
@@ -538,9 +677,7 @@ def take_lock(lock, out):
         if os.name == "nt":
             import msvcrt
 
-            lock.seek(
-                2**30
-            )  # a byte far past the PID, which another run must still be able to read
+            lock.seek(2**30)  # a byte far past the PID, which another run must still read
             msvcrt.locking(lock.fileno(), msvcrt.LK_NBLCK, 1)
         else:
             import fcntl
@@ -552,16 +689,40 @@ def take_lock(lock, out):
             f"another Deblur run (PID {lock.read().strip() or '?'}) is using output_dir {out}; "
             f"wait for it to end, or pass another --output_dir"
         ) from None
+    lock.seek(0)
     lock.truncate(0)
     lock.write(f"{os.getpid()}\n")
     lock.flush()
 
 
+def remove_stale_partials(out):
+    """With the lock held no other run writes here: a .NAME.PID.partial file of a process that
+    is gone is what a killed run left half-written."""
+    removed = 0
+    for path in out.glob(".*.partial"):
+        pid = path.name.split(".")[-2]
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
+            removed += path.stat().st_size
+            path.unlink()
+    if removed:
+        note(f"removed the temporary files of killed runs from {out} ({removed / 2**20:.1f} MB)")
+
+
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, under another user
+        return True
+    return True
+
+
 @contextmanager
 def atomic_path(path):
     """Yields a temporary path, unique to this process, that replaces `path` only once fully
-    written."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    written. Its name is cut short enough for any file system."""
+    temporary = path.with_name(f".{path.name[:200]}.{os.getpid()}.partial")
     try:
         yield temporary
         os.replace(temporary, path)
@@ -569,7 +730,8 @@ def atomic_path(path):
         reason = getattr(e, "strerror", None) or first_line(e)
         raise DeblurError(f"could not write {path}: {reason}; nothing was replaced", 1) from None
     finally:
-        temporary.unlink(missing_ok=True)
+        with suppress(OSError):  # never hide the error above under one about the cleanup
+            temporary.unlink(missing_ok=True)
 
 
 def save_image(image, path, format):
@@ -590,23 +752,127 @@ def write_history(path, history):
         temporary.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-# ---- Signals and error reporting
+# ---- --apply's output and progress
+
+
+@contextmanager
+def photo_output(cfg, photo_path, image):
+    """--apply's output: yields output_dir/<name>_deblurred.png, or the first free
+    <name>_deblurred.N.png (a file the user has is never replaced), with output_dir locked and
+    room for a PNG of the photo's raw size; says where it went."""
+    out = Path(cfg.output_dir)
+    height, width = image.shape[-2:]
+    with locked_output_dir(out, {}, 4 * width * height + 2**20):
+        wanted = out / f"{photo_path.stem[:200]}_deblurred.png"
+        target = first_free_name(wanted)
+        if target != wanted:
+            note(f"{wanted.name} exists already and is kept; writing {target.name}")
+        yield target
+    print(
+        f"Deblurred {photo_path} at its own size, {width}x{height} (the network is "
+        f"convolutional, so any size works; it undoes blur of the pixel size it was trained "
+        f"on): {target}"
+    )
+
+
+def in_strips(starts, stop, photo_path, image):
+    """Yields each strip's first row; says the size and, after the first strip, the time it will
+    take, then how far it is every 10 seconds. A stop request ends it between strips."""
+    height, width = image.shape[-2:]
+    print(f"Deblurring {photo_path}: {width}x{height} pixels, in {len(starts)} strips")
+    began = reported = perf_counter()
+    for done, start in enumerate(starts):
+        if stop.signum is not None:
+            raise Stopped(f"{signal_name(stop.signum)}: stopped; nothing was written", stop.signum)
+        yield start
+        now = perf_counter()
+        left = (now - began) / (done + 1) * (len(starts) - done - 1)
+        if done == 0 and left > 10:
+            print(f"The first strip took {now - began:.1f} s: about {hms(left)} to go")
+        elif now - reported > 10 and done + 1 < len(starts):
+            print(f"{done + 1} of {len(starts)} strips, about {hms(left)} to go")
+            reported = now
+
+
+# ---- Signals, standard output and error reporting
+
+
+class Stopped(Exception):
+    """A stop request that ends the job before it is done; exit code 128 + the signal."""
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.signum = signum
+
+
+def signal_name(signum):
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
 
 
 def stop_after_this_step(stop):
-    """A signal handler: the first Ctrl-C, SIGTERM or SIGHUP asks training to stop and save; a
-    second one quits at once."""
+    """A signal handler: the first Ctrl-C, SIGTERM or SIGHUP asks the job to stop at the next safe
+    point (after this training step, between two strips); a second one quits at once."""
 
     def request(signum, frame):
         if stop.signum is not None:
             raise KeyboardInterrupt
         stop.signum = signum
-        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        print(
-            f"\n{name}: stopping after this step and saving (again: quit at once)", file=sys.stderr
-        )
+        print(f"\n{signal_name(signum)}: stopping safely (again: quit at once)", file=sys.stderr)
 
     return request
+
+
+class Unfailing(io.TextIOBase):
+    """stdout or stderr that never fails the run: when its reader goes away (a closed pipe, a
+    full disk, a closed descriptor), the run goes on, saying so once on the other stream, and
+    what it prints is dropped."""
+
+    def __init__(self, stream, descriptor, other):
+        self.stream, self.descriptor, self.other = stream, descriptor, other
+
+    def write(self, text):
+        self.guarded("write", text)
+        if "\n" in text:  # progress shows at once, even through a pipe
+            self.flush()
+        return len(text)
+
+    def flush(self):
+        self.guarded("flush")
+
+    def guarded(self, method, *args):
+        if self.stream is None:
+            return
+        try:
+            getattr(self.stream, method)(*args)
+        except (OSError, ValueError) as e:  # ValueError: the stream was closed
+            self.stream = None
+            point_at_devnull(self.descriptor)
+            with suppress(OSError, ValueError):
+                print(f"Note: output lost ({e}); the run goes on and saves", file=self.other)
+
+
+def point_at_devnull(descriptor):
+    """A closed or broken descriptor 1 or 2 gets /dev/null, so that nothing else (a checkpoint
+    opened later, say) takes its number and receives what was meant for the screen."""
+    with suppress(OSError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        if null != descriptor:
+            os.dup2(null, descriptor)
+            os.close(null)
+
+
+@contextmanager
+def unfailing_output():
+    previous = sys.stdout, sys.stderr
+    for descriptor, stream in ((1, sys.stdout), (2, sys.stderr)):
+        if stream is None:  # started with the descriptor closed (>&-)
+            point_at_devnull(descriptor)
+    sys.stdout = Unfailing(previous[0], 1, previous[1])
+    sys.stderr = Unfailing(previous[1], 2, previous[0])
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = previous
 
 
 def run_job(train, apply, settings, script, argv):
@@ -615,37 +881,33 @@ def run_job(train, apply, settings, script, argv):
     stderr, without a traceback."""
     stop = argparse.Namespace(signum=None)
     cfg = argparse.Namespace(image_size=settings["image_size"])
-    previous = {
-        number: signal.signal(number, stop_after_this_step(stop)) for number in STOP_SIGNALS
-    }
-    line_buffered_stdout()
-    try:
-        cfg = parse_settings(settings, script, argv)
-        return apply(cfg, stop) if cfg.apply else train(cfg, stop)
-    except DeblurError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("Interrupted.", file=sys.stderr)
-        return 128 + (stop.signum or signal.SIGINT)
-    except (MemoryError, RuntimeError) as e:
-        if not is_out_of_memory(e):
-            raise
-        size = cfg.image_size
-        print(
-            f"error: out of memory at image_size {size}; try --image_size {size // 2}",
-            file=sys.stderr,
-        )
-        return 1
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-
-
-def line_buffered_stdout():
-    """Progress shows at once, even through a pipe."""
-    if hasattr(sys.stdout, "reconfigure"):
-        sys.stdout.reconfigure(line_buffering=True)
+    handler = stop_after_this_step(stop)
+    previous = {number: signal.signal(number, handler) for number in STOP_SIGNALS}
+    with unfailing_output():
+        try:
+            cfg = parse_settings(settings, script, argv)
+            return apply(cfg, stop) if cfg.apply else train(cfg, stop)
+        except DeblurError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return e.exit_code
+        except Stopped as e:
+            print(e, file=sys.stderr)
+            return 128 + e.signum
+        except KeyboardInterrupt:
+            print("Interrupted.", file=sys.stderr)
+            return 128 + (stop.signum or signal.SIGINT)
+        except (MemoryError, RuntimeError) as e:
+            if not is_out_of_memory(e):
+                raise
+            size = cfg.image_size
+            print(
+                f"error: out of memory at image_size {size}; try --image_size {size // 2}",
+                file=sys.stderr,
+            )
+            return 1
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
 
 
 def is_out_of_memory(error):

@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +84,28 @@ def run_script(*args, cwd=None, timeout=120, **popen):
         timeout=timeout,
         **popen,
     )
+
+
+class ParallelRuns(dict):
+    """{case name: (result, folder, *what prepare returned)} for a table of cases, each a real
+    process in a folder of its own. The cases the session selected run at once, three at a time
+    (each process spends seconds importing torch); any other case runs when first asked for."""
+
+    def __init__(self, request, tmp_path_factory, cases, prepare, execute):
+        super().__init__()
+        self.factory, self.cases = tmp_path_factory, cases
+        self.prepare, self.execute = prepare, execute
+        ids = {item.callspec.id for item in request.session.items if hasattr(item, "callspec")}
+        self.run([case for case in cases if case[0] in ids])
+
+    def run(self, cases):
+        folders = [self.factory.mktemp("case") for _ in cases]
+        prepared = [self.prepare(case, folder) for case, folder in zip(cases, folders, strict=True)]
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            results = list(pool.map(self.execute, cases, prepared))
+        for case, result, folder, ready in zip(cases, results, folders, prepared, strict=True):
+            self[case[0]] = (result, folder, *ready)
+
+    def __missing__(self, name):
+        self.run([case for case in self.cases if case[0] == name])
+        return self[name]

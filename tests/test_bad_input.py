@@ -97,6 +97,12 @@ BAD_INPUTS = [
         "cannot create files in output_dir",
     ),
     ("resume without checkpoint", "photo", ["--resume", "{dir}/none.pt"], "no checkpoint at"),
+    (
+        "resume a folder",
+        "photo",
+        ["--resume", "{dir}"],
+        "is a folder; pass the checkpoint file in it",
+    ),
 ]
 
 
@@ -235,3 +241,33 @@ def test_other_runtime_errors_are_not_disguised_as_out_of_memory(photo_path, tmp
     )
     with pytest.raises(RuntimeError, match="a bug"):
         Deblur.main(tiny_run_args(photo_path, tmp_path))
+
+
+def test_a_mistyped_resume_folder_is_not_created(photo_path, tmp_path, capsys):
+    typo = tmp_path / "rnus" / "a"
+    assert Deblur.main(tiny_run_args(photo_path, typo, "--resume")) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+    assert not (tmp_path / "rnus").exists()
+
+
+def test_output_dir_with_a_tilde_is_the_home_folder(photo_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert Deblur.main(tiny_run_args(photo_path, "~/runs", "--num_epochs", "1")) == 0
+    assert (tmp_path / "home" / "runs" / "checkpoint.pt").exists()
+    assert not (tmp_path / "~").exists()
+
+
+def test_a_holdout_that_is_the_training_image_is_said(photo_path, tmp_path, capsys):
+    args = tiny_run_args(
+        photo_path, tmp_path, "--num_epochs", "1", "--holdout_path", str(photo_path)
+    )
+    assert Deblur.main(args) == 0
+    assert "holdout_path is the training image itself" in capsys.readouterr().out
+
+
+def test_an_image_changed_since_the_checkpoint_is_not_resumed(photo_path, tmp_path, capsys):
+    assert Deblur.main(tiny_run_args(photo_path, tmp_path / "out", "--num_epochs", "1")) == 0
+    make_photo(seed=7).save(photo_path)  # another picture, the same name
+    assert Deblur.main(tiny_run_args(photo_path, tmp_path / "out", "--resume")) == 2
+    assert "has changed since it was trained on" in capsys.readouterr().err

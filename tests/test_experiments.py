@@ -1,5 +1,7 @@
 """Issue 10's experiments: the classical baselines, the held-out image, and --apply on a photo."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +9,7 @@ from conftest import ROOT, make_photo, tiny_run_args
 from PIL import Image
 
 import Deblur
+import support
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "motion", "defocus", "box"])
@@ -143,3 +146,12 @@ def test_apply_to_something_that_is_not_a_photo_is_refused(trained, tmp_path, ca
         == 2
     )
     assert "is not an image Pillow can read" in capsys.readouterr().err
+
+
+def test_apply_asks_only_for_the_room_its_png_needs(trained, tmp_path, monkeypatch):
+    photo = tmp_path / "wide.png"
+    make_photo((400, 300)).save(photo)
+    free = SimpleNamespace(free=2 * 2**20)  # 2 MB: a 400x300 PNG is at most 0.36 MB
+    monkeypatch.setattr(support.shutil, "disk_usage", lambda path: free)
+    assert Deblur.main(tiny_run_args("unused.png", trained, "--apply", str(photo))) == 0
+    assert (trained / "wide_deblurred.png").exists()

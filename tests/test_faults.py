@@ -11,13 +11,12 @@ import subprocess
 import sys
 import textwrap
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from struct import pack
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, make_photo, tiny_run_args
+from conftest import ROOT, ParallelRuns, make_photo, tiny_run_args
 from PIL import Image
 
 import Deblur
@@ -180,8 +179,9 @@ def prepare(case, folder):
     return image, tiny_run_args(image, out, *extra), before
 
 
-def execute(case, args):
+def execute(case, ready):
     name, _, _, _, send = case
+    _, args, _ = ready
     command = [sys.executable, "-u", str(ROOT / "Deblur.py"), *args]
     if name.startswith("6"):
         command = [sys.executable, "-u", "-c", DISK_FULL, *args]
@@ -198,49 +198,15 @@ def execute(case, args):
     return subprocess.CompletedProcess(command, process.returncode, "".join(seen) + out, err)
 
 
-class FaultRuns(dict):
-    """Each case's (result, image, args, checksums before), run on first use in its own folder."""
-
-    def __init__(self, tmp_path_factory):
-        super().__init__()
-        self.tmp_path_factory = tmp_path_factory
-
-    def run(self, cases):
-        prepared = [prepare(case, self.tmp_path_factory.mktemp("case")) for case in cases]
-        with ThreadPoolExecutor(
-            max_workers=3
-        ) as pool:  # each process spends seconds importing torch
-            results = list(pool.map(execute, cases, [args for _, args, _ in prepared]))
-        self.update(
-            {
-                case[0]: (result, *ready)
-                for case, result, ready in zip(cases, results, prepared, strict=True)
-            }
-        )
-
-    def __missing__(self, name):
-        self.run([case for case in CASES if case[0] == name])
-        return self[name]
-
-
 @pytest.fixture(scope="module")
 def fault_runs(request, tmp_path_factory):
-    runs = FaultRuns(tmp_path_factory)
-    selected = {
-        item.callspec.params["case"][0]
-        for item in request.session.items
-        if "case" in getattr(getattr(item, "callspec", None), "params", {})
-    }
-    runs.run(
-        [case for case in CASES if case[0] in selected]
-    )  # the selected cases at once, in parallel
-    return runs
+    return ParallelRuns(request, tmp_path_factory, CASES, prepare, execute)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case[0] for case in CASES])
 def test_a_fault_ends_in_one_clear_line_and_loses_nothing(fault_runs, case):
     name, _, code, words, _ = case
-    result, image, args, before = fault_runs[name]
+    result, _, image, args, before = fault_runs[name]
     output = result.stdout + result.stderr
     assert result.returncode == code, output
     assert words in output, output
@@ -254,7 +220,7 @@ def test_a_fault_ends_in_one_clear_line_and_loses_nothing(fault_runs, case):
 
 
 def test_sigterm_writes_a_checkpoint_that_resume_continues(fault_runs, capsys):
-    result, image, args, _ = fault_runs["1 SIGTERM"]
+    result, _, image, args, _ = fault_runs["1 SIGTERM"]
     out = image.parent / "out"
     stopped = torch.load(out / "checkpoint.pt", weights_only=True)["epoch"]
     assert f"stopped early at epoch {stopped} of 100000" in result.stdout
@@ -266,7 +232,7 @@ def test_sigterm_writes_a_checkpoint_that_resume_continues(fault_runs, capsys):
 
 
 def test_fresh_runs_keep_every_earlier_checkpoint_under_a_new_number(fault_runs):
-    _, image, _, _ = fault_runs["3 fresh run over earlier checkpoints"]
+    _, _, image, _, _ = fault_runs["3 fresh run over earlier checkpoints"]
     out = image.parent / "out"
     assert (out / "checkpoint.1.pt").read_bytes() == b"an even earlier run's checkpoint"
     assert (out / "checkpoint.2.pt").read_bytes() == EARLIER_CHECKPOINT
@@ -274,7 +240,7 @@ def test_fresh_runs_keep_every_earlier_checkpoint_under_a_new_number(fault_runs)
 
 
 def test_a_failed_checkpoint_write_replaces_nothing_and_leaves_no_partial_file(fault_runs):
-    result, image, _, _ = fault_runs["6 disk full inside torch.save"]
+    result, _, image, _, _ = fault_runs["6 disk full inside torch.save"]
     out = image.parent / "out"
     assert "could not write" in result.stderr and "nothing was replaced" in result.stderr
     assert (out / "checkpoint.pt").read_bytes() == EARLIER_CHECKPOINT
@@ -282,7 +248,7 @@ def test_a_failed_checkpoint_write_replaces_nothing_and_leaves_no_partial_file(f
 
 
 def test_the_final_epoch_makes_the_history_and_the_curves(fault_runs):
-    _, image, _, _ = fault_runs["8 log_every > num_epochs"]
+    _, _, image, _, _ = fault_runs["8 log_every > num_epochs"]
     out = image.parent / "out"
     assert (out / "history.csv").read_text().splitlines()[1].startswith("3,")
     assert (out / "training_curves.png").stat().st_size > 0
