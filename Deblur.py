@@ -1,13 +1,12 @@
-"""Deblur: remove blur from an image by training a small residual CNN on that very image.
-
-It overfits one (blurred, sharp) pair on purpose: a demo of residual connections, mixed precision
-and a VGG19 perceptual loss, measured against classical deconvolution and tried on an image it
-never saw. Read it top to bottom: settings, data, model, loss, the training loop, results, the job.
-The plumbing (command line, input checks, checkpoints, safe writes, signals) is in support.py.
+"""Deblur: remove blur from an image by training a small residual CNN on that very image (or,
+given a folder, on random crops of its photos), measured against classical deconvolution and on
+images it never saw. Read it top to bottom: settings, data, model, loss, the training loop,
+results, the job. The plumbing (command line, checks, checkpoints, signals) is in support.py.
 """
 
 import math
 from functools import partial
+from itertools import chain, repeat
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -21,11 +20,13 @@ from torch.nn import functional as F
 
 from PerceptualLoss import load_vgg19_loss, perceptual_distance
 from support import (
+    LABELS,
     Progress,
     Result,
     Row,
     check_blur_fits,
     compile_or_not,
+    draw_row,
     in_strips,
     input_paths,
     load_weights,
@@ -35,6 +36,7 @@ from support import (
     print_plan,
     print_summary,
     read_checkpoint,
+    read_image_folder,
     read_rgb_image,
     report_outcome,
     resized,
@@ -47,8 +49,10 @@ from support import (
 )
 
 # ---- Settings: edit a line, or override it for one run: python Deblur.py --num_epochs 300
-image_path = "data/sample.jpg"  # the training image; relative paths are also tried beside Deblur.py
+image_path = "data/sample.jpg"  # the training image, or a folder of them (see crop_size)
 image_size = 512  # the image is resized to image_size x image_size pixels (16 to 4096)
+crop_size = 48  # a folder: each step trains on random crop_size x crop_size crops of its images
+batch_size = 16  # a folder: crops per step
 blur_kind = "gaussian"  # the blur to undo: gaussian (Pillow's GaussianBlur), motion, defocus or box
 blur_radius = 5.0  # blur size in pixels: Gaussian sigma, half the motion length, disk or box radius
 blur_angle = 0.0  # direction of a motion blur, in degrees anticlockwise from horizontal
@@ -74,28 +78,23 @@ SETTINGS = settings_in(globals())
 
 # ---- Data: a sharp image and its blurred copy
 def load_image_pair(path, size, kind="gaussian", radius=5.0, angle=0.0, setting="image_path"):
-    """The image resized to size x size and a copy blurred by `kind`, both as RGB PIL images."""
+    """The image resized to size x size (None: as it is) and a copy blurred by `kind`, as RGB."""
     image = read_rgb_image(path, setting)
-    sharp = resized(image, size, path)  # the original's square, whatever the aspect ratio
+    sharp = resized(image, size, path) if size else image  # the original's square
     if kind == "gaussian":  # exactly the original's blur
         return sharp, sharp.filter(ImageFilter.GaussianBlur(radius=radius))
     blurred = blur(image_to_tensor(sharp, "cpu"), blur_kernel(kind, radius, angle))
     return sharp, tensor_to_image(blurred)
 
 
-def blur(images, kernel):
-    """Each channel convolved with the kernel, edges replicated as Pillow's filters do, and rounded
-    to 8 bits as a saved image is."""
-    weight = torch.as_tensor(kernel, dtype=images.dtype).expand(3, 1, -1, -1)
-    padded = F.pad(images, [kernel.shape[0] // 2] * 4, mode="replicate")
-    return (F.conv2d(padded, weight, groups=3) * 255).round() / 255
-
-
-def blur_width(kind, radius):
-    """The kernel's width in pixels, known before the kernel is built."""
-    if kind == "gaussian":
-        return len(pillow_gaussian_1d(radius))
-    return 2 * math.ceil(radius) + 1
+def blur(images, kernel, pad=True):
+    """Each channel convolved with the kernel (a grouped convolution, on the images' device), the
+    edges replicated as Pillow's filters do, or with pad=False none: the result is then smaller by
+    the kernel's width - 1. Rounded to 8 bits, as a saved image is."""
+    weight = torch.as_tensor(kernel, dtype=images.dtype, device=images.device)
+    if pad:
+        images = F.pad(images, [kernel.shape[0] // 2] * 4, mode="replicate")
+    return (F.conv2d(images, weight.expand(3, 1, -1, -1), groups=3) * 255).round() / 255
 
 
 def blur_kernel(kind, radius, angle=0.0):
@@ -205,21 +204,70 @@ def make_training(cfg, device, vgg_weights):
     return net, vgg, optimizer, torch.amp.GradScaler(device.type, enabled=float16)
 
 
-def train(cfg, net, vgg, optimizer, scaler, sharp, blurred, progress):
-    """Trains epochs progress.epoch + 1 .. num_epochs; returns 'done', 'stopped' or 'diverged'."""
-    device = blurred.device
+def vgg_targets(vgg, sharp, amp):
+    """The sharp images' VGG19 features: the fixed side of the perceptual loss (None: no VGG)."""
+    if vgg is None:
+        return None
+    with (
+        torch.no_grad(),
+        torch.autocast(sharp.device.type, dtype=amp, enabled=amp != torch.float32),
+    ):
+        return vgg.feature_maps(sharp)
+
+
+def folder_batches(images, kernel, cfg, generator, vgg, amp, device):
+    """Every step, batch_size random crops of the folder's images, each turned by a random multiple
+    of 90 degrees and maybe mirrored (augmentation: 8 views of every crop), with their blurred
+    copies and VGG19 targets. Each crop is cut with a margin of the kernel's half-width and blurred
+    without padding, so that no edge is blurred against made-up pixels."""
+    margin = kernel.shape[0] // 2
+    size = cfg.crop_size + 2 * margin
+    while True:
+        crops = []
+        for index in torch.randint(len(images), (cfg.batch_size,), generator=generator):
+            top = torch.randint(images[index].shape[1] - size + 1, (), generator=generator)
+            left = torch.randint(images[index].shape[2] - size + 1, (), generator=generator)
+            crop = images[index][:, top : top + size, left : left + size]
+            crop = torch.rot90(crop, int(torch.randint(4, (), generator=generator)), dims=(1, 2))
+            if torch.rand((), generator=generator) < 0.5:
+                crop = crop.flip(2)
+            crops.append(crop)
+        crops = torch.stack(crops)
+        if device.type == "cuda":  # pinned: the copy to the GPU does not make the host wait
+            crops = crops.pin_memory()
+        # Blurred on the device, where the convolution is fast: only 8-bit crops cross over
+        sharp = crops.to(device, non_blocking=True, memory_format=torch.channels_last).float() / 255
+        blurred = blur(sharp, kernel, pad=False)
+        sharp = sharp[:, :, margin : margin + cfg.crop_size, margin : margin + cfg.crop_size]
+        yield blurred, sharp, vgg_targets(vgg, sharp, amp)
+
+
+def learning_rate(cfg, epoch, folder):
+    """The original's constant lr for one image. For a folder: a warm-up over the first 100 steps,
+    then a cosine decay to 0 at num_epochs: without it the loss jumps at lr 5e-4 and above."""
+    if not folder:
+        return cfg.lr
+    warm_up = min(epoch / 100, 1)
+    return cfg.lr * warm_up * (1 + math.cos(math.pi * min(epoch / cfg.num_epochs, 1))) / 2
+
+
+def train(cfg, net, vgg, optimizer, scaler, batches, progress, folder=False):
+    """Trains epochs progress.epoch + 1 .. num_epochs on (blurred, sharp, targets) batches;
+    returns 'done', 'stopped' or 'diverged'."""
+    device = next(net.parameters()).device
     amp = amp_dtype_of(cfg, device)
     mixed = amp != torch.float32
-    target_maps = None
-    if vgg is not None:  # the target never changes: its VGG19 features are computed once
-        with torch.no_grad(), torch.autocast(device.type, dtype=amp, enabled=mixed):
-            target_maps = vgg.feature_maps(sharp)
     losses = compute_losses
     if cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda"):
-        losses = compile_or_not(compute_losses, net, (vgg, blurred, sharp, target_maps), amp)
+        first = next(batches)  # compiled on the first batch, which then trains as any other
+        losses = compile_or_not(compute_losses, net, (vgg, *first), amp)
+        batches = chain([first], batches)
     progress.start(net)
     outcome = "done"
     for epoch in range(progress.epoch + 1, cfg.num_epochs + 1):
+        blurred, sharp, target_maps = next(batches)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, epoch, folder)
         # Forward in mixed precision: float16 or bfloat16 where it is safe, float32 where not
         with torch.autocast(device.type, dtype=amp, enabled=mixed):
             mse, perceptual = losses(net, vgg, blurred, sharp, target_maps)
@@ -254,12 +302,15 @@ def psnr_from_mse(mse):
     return 10 * math.log10(1 / mse) if mse > 0 else math.inf
 
 
-def image_quality(image, reference):
-    """(PSNR in dB, SSIM) of an image in [0, 1] against the reference."""
+def image_quality(image, reference, border=0):
+    """(PSNR in dB, SSIM) of an image in [0, 1] against the reference, leaving out `border` pixels
+    on each side, as deblurring papers do: there the blur mixed in pixels from past the edge."""
     # torchmetrics takes a second to import: only when needed
     from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
-    image, reference = image.float(), reference.float()
+    border = max(0, min(border, (min(image.shape[-2:]) - 11) // 2))  # SSIM's window needs 11x11
+    inside = (..., slice(border, image.shape[-2] - border), slice(border, image.shape[-1] - border))
+    image, reference = image[inside].float(), reference[inside].float()
     similarity = ssim(image, reference, data_range=1.0).item()
     return psnr_from_mse(F.mse_loss(image, reference).item()), similarity
 
@@ -283,7 +334,8 @@ def deconvolve(blurred, kind, kernel):
 
 
 def evaluate(net, sharp, blurred, kind, kernel):
-    """{method: (image, PSNR, SSIM)} for the blurred input, the baselines and the network."""
+    """{method: (image, PSNR, SSIM)} for the blurred input, the baselines and the network; the
+    metrics leave out a border of the kernel's half-width."""
     with torch.no_grad():
         restored = net(blurred).float()
     images = {
@@ -294,7 +346,7 @@ def evaluate(net, sharp, blurred, kind, kernel):
     sharp = sharp.cpu()
     results = {}
     for name, image in images.items():
-        psnr, ssim = image_quality(image, sharp)
+        psnr, ssim = image_quality(image, sharp, border=kernel.shape[0] // 2)
         results[name] = Result(image, psnr, ssim)
     return results
 
@@ -303,70 +355,62 @@ def save_results(out, rows, kernel, progress):
     """comparison.png and reconstructed_image.jpg; history.csv and training_curves.png."""
     figure, axes = plt.subplots(len(rows), 4, figsize=(20, 5.6 * len(rows)), squeeze=False)
     for row_axes, row in zip(axes, rows, strict=True):
-        draw_row(row_axes, row, kernel)
+        draw_row(row_axes, row, kernel, to_hwc)
     save_figure(figure, out / "comparison.png")
-    save_image(
-        tensor_to_image(rows[0].results["Network"].image), out / "reconstructed_image.jpg", "JPEG"
-    )
+    restored = tensor_to_image(rows[0].results["Network"].image)
+    save_image(restored, out / "reconstructed_image.jpg", "JPEG")
     progress.save_history(rows[0].results)
     if plt.get_backend() in backend_registry.list_builtin(BackendFilter.INTERACTIVE):
         plt.show()
     plt.close("all")
 
 
-def draw_row(row_axes, row, kernel):
-    """The seed's panels (original, blurred, reconstructed) with Richardson-Lucy before the last."""
-    panels = {
-        "Original Image": None,
-        "Blurred Image": row.results["Blurred"],
-        "Richardson–Lucy": row.results["Richardson–Lucy"],
-        "Reconstructed Image": row.results["Network"],
-    }
-    for ax, (title, result) in zip(row_axes, panels.items(), strict=True):
-        ax.axis("off")
-        if result is None:
-            ax.imshow(to_hwc(row.sharp))
-            ax.set_title(row.label + title)
-            continue
-        ax.imshow(to_hwc(result.image))
-        ax.set_title(f"{row.label}{title}\nPSNR {result.psnr:.2f} dB, SSIM {result.ssim:.3f}")
-    inset = row_axes[1].inset_axes([0.72, 0.02, 0.26, 0.26], xticks=[], yticks=[])
-    inset.imshow(kernel, cmap="magma")
-    inset.set_title(f"kernel {kernel.shape[0]}x{kernel.shape[1]}", fontsize=8)
-
-
 # ---- The job
+UNSEEN_SAMPLE = "data/sample.jpg"  # a folder's network is tested on it, and on holdout_path
+
+
 def run(cfg, stop, vgg_weights):
-    """Trains on the image pair, then evaluates, reports and saves; returns the exit code."""
+    """Trains on the image, or on crops of a folder's images, then evaluates, reports and saves;
+    returns the exit code."""
     device = pick_device(cfg.device)
     out = Path(cfg.output_dir)
-    inputs = input_paths(cfg)
-    check_blur_fits(blur_width(cfg.blur_kind, cfg.blur_radius), cfg.image_size, "image_size")
+    inputs = input_paths(cfg, UNSEEN_SAMPLE)
+    folder = Path(cfg.image_path).is_dir()
+    kernel = blur_kernel(cfg.blur_kind, cfg.blur_radius, cfg.blur_angle)
     checkpoint = read_checkpoint(cfg) if cfg.resume else None  # before anything is written
+    size = None if folder else cfg.image_size  # a folder's tests keep their own size
     pairs = {}
     for setting, path in inputs.items():
-        images = load_image_pair(
-            path, cfg.image_size, cfg.blur_kind, cfg.blur_radius, cfg.blur_angle, setting
-        )
+        blurring = (cfg.blur_kind, cfg.blur_radius, cfg.blur_angle)
+        images = load_image_pair(path, size, *blurring, setting)
         pairs[setting] = [image_to_tensor(image, device) for image in images]
+        check_blur_fits(kernel, pairs[setting][0], setting)
+    if folder:  # each image as 8-bit (3, H, W): crops are cut from them, and turned to floats
+        photos = read_image_folder(Path(cfg.image_path), cfg.crop_size + kernel.shape[0] - 1)
+        photos = [torch.from_numpy(np.array(photo)).permute(2, 0, 1) for photo in photos]
     with locked_output_dir(out, inputs, space_needed(cfg.image_size)):
         net, vgg, optimizer, scaler = make_training(cfg, device, vgg_weights)
+        amp = amp_dtype_of(cfg, device)
         progress = Progress(cfg, stop)
+        if folder:
+            progress.generator = torch.Generator().manual_seed(cfg.seed)
+            batches = folder_batches(photos, kernel, cfg, progress.generator, vgg, amp, device)
+        else:  # the same pair every epoch; its VGG19 targets computed once
+            sharp, blurred = pairs["image_path"]
+            batches = repeat((blurred, sharp, vgg_targets(vgg, sharp, amp)))
         if checkpoint:
             restore_training(cfg, *checkpoint, net, optimizer, scaler, progress)
-        sharp, blurred = pairs["image_path"]
-        amp = amp_dtype_of(cfg, device)
-        print_plan(cfg, device, amp, vgg is not None, progress, image_quality(blurred, sharp))
-        outcome = train(cfg, net, vgg, optimizer, scaler, sharp, blurred, progress)
+        sharp, blurred = next(iter(pairs.values()))
+        baseline = image_quality(blurred, sharp, border=kernel.shape[0] // 2)
+        print_plan(cfg, device, amp, vgg is not None, progress, baseline)
+        outcome = train(cfg, net, vgg, optimizer, scaler, batches, progress, folder)
 
         net.eval()
-        kernel = blur_kernel(cfg.blur_kind, cfg.blur_radius, cfg.blur_angle)
-        rows = [Row("", sharp.cpu(), evaluate(net, sharp, blurred, cfg.blur_kind, kernel))]
-        if "holdout_path" in pairs:
-            held_sharp, held_blurred = pairs["holdout_path"]
-            results = evaluate(net, held_sharp, held_blurred, cfg.blur_kind, kernel)
-            rows.append(Row("Held out: ", held_sharp.cpu(), results))
-        print_summary(rows)
+        rows = []
+        for setting, (sharp, blurred) in pairs.items():
+            results = evaluate(net, sharp, blurred, cfg.blur_kind, kernel)
+            rows.append(Row(LABELS[setting], sharp.cpu(), results))
+        print_summary(rows, border=kernel.shape[0] // 2)
         save_results(out, rows, kernel, progress)
     return report_outcome(cfg, outcome, progress, stop, SETTINGS)
 
@@ -389,11 +433,10 @@ def restore_in_strips(net, image, starts, rows=64):
     """The network on strips of `rows` rows, to bound the memory; a margin of REACH rows on each
     side makes every strip exactly what the whole image would give."""
     restored = torch.empty_like(image)
-    reach = DeblurNet.REACH
     with torch.no_grad():
         for top in starts:
-            start = max(top - reach, 0)
-            strip = net(image[:, :, start : top + rows + reach])
+            start = max(top - DeblurNet.REACH, 0)
+            strip = net(image[:, :, start : top + rows + DeblurNet.REACH])
             restored[:, :, top : top + rows] = strip[:, :, top - start :][:, :, :rows]
     return restored
 

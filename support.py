@@ -30,6 +30,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 CHECKPOINT = "checkpoint.pt"
+FOLDER_PIXELS = 300_000_000  # at 3 bytes a pixel, a folder's images may take 900 MB in memory
+LABELS = {"image_path": "", "sample": "Unseen: ", "holdout_path": "Held out: "}
 CHECKPOINT_BYTES = 3 * 4 * 1_331_459  # float32 weights and Adam's two moments
 CHECKPOINT_KEYS = ("model", "optimizer", "scaler", "settings", "epoch", "elapsed", "history")
 HISTORY_COLUMNS = ("epoch", "total", "mse", "perceptual", "psnr", "seconds")
@@ -48,7 +50,8 @@ CHOICES = {
     "compile": ("auto", "on", "off"),
     "amp_dtype": ("auto", "float16", "bfloat16", "float32"),
 }
-POSITIVE = ("num_epochs", "lr", "max_grad_norm", "log_every", "checkpoint_every")
+POSITIVE = ("num_epochs", "lr", "max_grad_norm", "log_every", "checkpoint_every", "crop_size")
+POSITIVE += ("batch_size",)
 NOT_NEGATIVE = ("blur_radius", "weight_decay", "mse_weight", "perceptual_weight")
 STOP_SIGNALS = [
     getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
@@ -110,6 +113,8 @@ def check_settings(cfg):
             refuse(name, value, "must be a finite number")
     if not 16 <= cfg.image_size <= 4096:
         refuse("image_size", cfg.image_size, "must be between 16 and 4096 pixels")
+    if cfg.blur_radius > 682:  # a larger gaussian's kernel is wider than the largest image
+        refuse("blur_radius", cfg.blur_radius, "must be at most 682 pixels")
     if not 0 <= cfg.seed < 2**32:
         refuse("seed", cfg.seed, "must be between 0 and 4294967295")
     for name in POSITIVE:
@@ -189,6 +194,43 @@ def changes_needed(image):
     if image.mode not in ("RGB", "RGBA"):
         changes.append(f"converted it from {image.mode} to RGB")
     return changes
+
+
+def read_image_folder(folder, smallest):
+    """Every image in the folder, decoded once into memory; a file that cannot be read, or is
+    smaller than `smallest` pixels on a side, is skipped with a note. Refused when none is left,
+    or when they would not fit in FOLDER_PIXELS."""
+    files = sorted(path for path in folder.iterdir() if path.is_file())
+    if not files:
+        raise DeblurError(f"--image_path {folder} is an empty folder; put photographs in it")
+    sizes = {}
+    for path in files:
+        try:
+            with Image.open(path) as image:  # reads the header only
+                sizes[path] = image.size
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
+            note(f"skipped {path.name}: {first_line(e)}")
+    pixels = sum(width * height for width, height in sizes.values())
+    if pixels > FOLDER_PIXELS:
+        raise DeblurError(
+            f"the images in {folder} hold {pixels / 1e6:g} megapixels, more than the "
+            f"{FOLDER_PIXELS / 1e6:g} that training on a folder keeps in memory; use fewer or "
+            f"smaller images"
+        )
+    images = []
+    for path, (width, height) in sizes.items():
+        if min(width, height) < smallest:
+            note(f"skipped {path.name}: {width}x{height} is smaller than a crop and its margin")
+            continue
+        images.append(read_rgb_image(path))
+    if not images:
+        raise DeblurError(
+            f"none of the {len(files)} files in {folder} is an image Pillow can read of at least "
+            f"{smallest}x{smallest} pixels; put photographs in it, or lower --crop_size"
+        )
+    if len(images) < len(files):
+        note(f"training on {len(images)} images of {folder}; the other files were skipped")
+    return images
 
 
 def rescaled_to_8_bits(image):
@@ -271,6 +313,7 @@ class Progress:
         self.epoch, self.elapsed, self.history = 0, 0.0, []
         self.ours = False  # whether output_dir/checkpoint.pt is this run's (else it is kept aside)
         self.checkpoint_owed = False  # a checkpoint write failed: try again at the next log
+        self.generator = None  # a folder's crops: its state is saved, so a resumed run is the same
 
     @cached_property
     def image_digest(self):
@@ -351,11 +394,14 @@ class Progress:
             if (columns[name] > 0).any():  # an unused term (all 0) has no place on a log scale
                 loss_ax.plot(columns["epoch"], columns[name], ".-", label=name)
         psnr_ax.plot(columns["epoch"], columns["psnr"], ".-", label="reconstruction")
-        for name, style in (("Blurred", "--"), ("Richardson–Lucy", ":")):
-            if math.isfinite(results[name].psnr):
-                psnr_ax.axhline(results[name].psnr, color="grey", linestyle=style, label=name)
+        title = "PSNR of the training crops"  # a folder: a new batch every epoch
+        if self.generator is None:  # one image: its baselines are on the same scale
+            title = "PSNR against the original"
+            for name, style in (("Blurred", "--"), ("Richardson–Lucy", ":")):
+                if math.isfinite(results[name].psnr):
+                    psnr_ax.axhline(results[name].psnr, color="grey", linestyle=style, label=name)
         loss_ax.set(yscale="log", xlabel="epoch", ylabel="loss", title="Loss")
-        psnr_ax.set(xlabel="epoch", ylabel="PSNR (dB)", title="PSNR against the original")
+        psnr_ax.set(xlabel="epoch", ylabel="PSNR (dB)", title=title)
         loss_ax.legend()
         psnr_ax.legend()
         save_figure(figure, self.out / "training_curves.png")
@@ -383,6 +429,7 @@ def save_checkpoint(path, net, optimizer, scaler, progress):
         "elapsed": progress.elapsed,
         "history": progress.history,
         "image_digest": progress.image_digest,
+        "crops_generator": progress.generator.get_state() if progress.generator else None,
     }
     with atomic_path(path) as temporary:
         torch.save(state, temporary)
@@ -440,6 +487,7 @@ def read_checkpoint(cfg):
             f"afresh"
         )
     checkpoint["image_digest"] = loaded.get("image_digest", "")
+    checkpoint["crops_generator"] = loaded.get("crops_generator")
     return path, checkpoint
 
 
@@ -495,6 +543,8 @@ def restore_training(cfg, path, checkpoint, net, optimizer, scaler, progress):
             note(f"resuming with {name} = {value!r} (the checkpoint used {saved[name]!r})")
     for group in optimizer.param_groups:
         group.update(lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if progress.generator and torch.is_tensor(checkpoint["crops_generator"]):
+        progress.generator.set_state(checkpoint["crops_generator"])
     progress.epoch = checkpoint["epoch"]
     progress.elapsed = checkpoint["elapsed"]
     progress.history = checkpoint["history"]
@@ -508,19 +558,28 @@ def restore_training(cfg, path, checkpoint, net, optimizer, scaler, progress):
 
 
 def file_digest(path):
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+    """The SHA-256 of a file's bytes, or of a folder's files in name order."""
+    files = sorted(path.iterdir()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        if file.is_file():
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
 
 
-def input_paths(cfg):
-    """{setting: path} of the images to read; image_path is made absolute, for the checkpoint."""
+def input_paths(cfg, unseen_sample=None):
+    """{setting: path} of the images to test on: the training image (for a folder, the unseen
+    sample instead) and the held-out one. image_path is made absolute, for the checkpoint."""
     if cfg.apply:
         return {"apply": resolve_image_path(cfg.apply)}
     inputs = {"image_path": resolve_image_path(cfg.image_path)}
+    cfg.image_path = str(inputs["image_path"].resolve())
+    if inputs["image_path"].is_dir():
+        inputs = {"sample": resolve_image_path(unseen_sample)}
     if cfg.holdout_path:
         inputs["holdout_path"] = resolve_image_path(cfg.holdout_path)
-        if inputs["holdout_path"].resolve() == inputs["image_path"].resolve():
+        if inputs["holdout_path"].resolve() == Path(cfg.image_path):
             note("holdout_path is the training image itself: its row is not held out")
-    cfg.image_path = str(inputs["image_path"].resolve())
     return inputs
 
 
@@ -529,14 +588,16 @@ def space_needed(image_size):
     return 2 * CHECKPOINT_BYTES + 16 * image_size**2 + 2**24
 
 
-def check_blur_fits(width, size, setting):
+def check_blur_fits(kernel, image, setting):
     """A blur wider than the image leaves nothing to learn from, and padding by it makes the
     baselines ask for gigabytes: refused, naming the limit."""
-    if width > size:
+    width = kernel.shape[0]
+    height, breadth = image.shape[-2:]
+    if width > min(height, breadth):
         raise DeblurError(
-            f"the {width}x{width}-pixel blur kernel is larger than the {size}x{size} image "
-            f"(--{setting}); lower --blur_radius (a gaussian's kernel is about 6 x radius + 1 "
-            f"pixels wide, the others 2 x radius + 1) or raise --{setting}"
+            f"the {width}x{width}-pixel blur kernel is larger than the {breadth}x{height} image "
+            f"of --{setting}; lower --blur_radius (a gaussian's kernel is about 6 x radius + 1 "
+            f"pixels wide, the others 2 x radius + 1) or use a larger image (--image_size)"
         )
 
 
@@ -550,11 +611,20 @@ def print_plan(cfg, device, amp, perceptual, progress, baseline):
             f"run and nothing would be learned; set --mse_weight above 0"
         )
     psnr, ssim = baseline
+    blur = f"{cfg.blur_kind} blur of radius {cfg.blur_radius}"
     print(f"Using device: {device}")
-    print(
-        f"Image: {cfg.image_path} at {cfg.image_size}x{cfg.image_size}, {cfg.blur_kind} blur of "
-        f"radius {cfg.blur_radius}; blurred PSNR {psnr:.2f} dB, SSIM {ssim:.4f}"
-    )
+    if Path(cfg.image_path).is_dir():
+        print(
+            f"Images: random {cfg.crop_size}x{cfg.crop_size} crops of {cfg.image_path}, "
+            f"{cfg.batch_size} a step, turned and mirrored at random, at their own size "
+            f"(image_size does not apply); {blur}; lr warmed up over 100 steps, then a cosine "
+            f"decay. The unseen sample, blurred: PSNR {psnr:.2f} dB, SSIM {ssim:.4f}"
+        )
+    else:
+        print(
+            f"Image: {cfg.image_path} at {cfg.image_size}x{cfg.image_size}, {blur}; blurred PSNR "
+            f"{psnr:.2f} dB, SSIM {ssim:.4f}"
+        )
     print(
         f"Training epochs {progress.epoch + 1} to {cfg.num_epochs}, AMP {str(amp)[6:]}, loss "
         f"{cfg.mse_weight}*MSE + {cfg.perceptual_weight if perceptual else 0}*VGG19 perceptual, "
@@ -604,11 +674,18 @@ class Row(NamedTuple):
     results: dict
 
 
-def print_summary(rows):
+def print_summary(rows, border):
     """A line per method: PSNR, SSIM and gain over the blurred input, for each image."""
+    if rows[0].label:
+        print("Neither image below was trained on: the network learned from the folder.")
+    print(f"PSNR and SSIM leave out a {border}-pixel border, the blur kernel's half-width (less on")
+    print("an image too small to keep SSIM's 11x11 window), as deblurring papers do:")
     for name in rows[0].results:
-        described = [describe(row.results[name], row.results["Blurred"]) for row in rows]
-        print(f"{name + ':':17}" + " | held out: ".join(described))
+        described = []
+        for row in rows:
+            result = describe(row.results[name], row.results["Blurred"])
+            described.append(row.label.lower() + result)
+        print(f"{name + ':':17}" + " | ".join(described))
 
 
 def describe(result, blurred):
@@ -619,6 +696,28 @@ def describe(result, blurred):
         return text
     gain = result.psnr - blurred.psnr
     return text + f" (gain {gain:+.2f} dB, {result.ssim - blurred.ssim:+.4f} SSIM)"
+
+
+def draw_row(row_axes, row, kernel, to_hwc):
+    """One row of the comparison: the seed's panels (original, blurred, reconstructed), with
+    Richardson-Lucy before the last, and the kernel drawn on the blurred one."""
+    panels = {
+        "Original Image": None,
+        "Blurred Image": row.results["Blurred"],
+        "Richardson–Lucy": row.results["Richardson–Lucy"],
+        "Reconstructed Image": row.results["Network"],
+    }
+    for ax, (title, result) in zip(row_axes, panels.items(), strict=True):
+        ax.axis("off")
+        if result is None:
+            ax.imshow(to_hwc(row.sharp))
+            ax.set_title(row.label + title)
+            continue
+        ax.imshow(to_hwc(result.image))
+        ax.set_title(f"{row.label}{title}\nPSNR {result.psnr:.2f} dB, SSIM {result.ssim:.3f}")
+    inset = row_axes[1].inset_axes([0.72, 0.02, 0.26, 0.26], xticks=[], yticks=[])
+    inset.imshow(kernel, cmap="magma")
+    inset.set_title(f"kernel {kernel.shape[0]}x{kernel.shape[1]}", fontsize=8)
 
 
 def resume_command(cfg, defaults):
@@ -900,10 +999,10 @@ def run_job(train, apply, settings, script, argv):
             if not is_out_of_memory(e):
                 raise
             size = cfg.image_size
-            print(
-                f"error: out of memory at image_size {size}; try --image_size {size // 2}",
-                file=sys.stderr,
-            )
+            advice = f"at image_size {size}; try --image_size {size // 2}"
+            if Path(getattr(cfg, "image_path", "")).is_dir():
+                advice = f"with --batch_size {cfg.batch_size}; try a smaller --batch_size"
+            print(f"error: out of memory {advice}", file=sys.stderr)
             return 1
         finally:
             for number, handler in previous.items():

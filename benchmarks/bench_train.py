@@ -11,6 +11,7 @@ random weights (the speed is the same as with the pretrained ones, and no downlo
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import re
@@ -19,12 +20,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from itertools import repeat
 from pathlib import Path
 from types import SimpleNamespace
 
 # Compile time is measured cold, as a user's first run sees it.
 os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
@@ -118,14 +121,76 @@ def deblur_step(sharp, blurred, device, compiled):
     progress = support.Progress(cfg, SimpleNamespace(signum=None))
     progress.ours = True
 
+    amp = Deblur.amp_dtype_of(cfg, device)
+    batches = repeat((blurred, sharp, Deblur.vgg_targets(vgg, sharp, amp)))
+    return train_one_epoch(cfg, net, vgg, optimizer, scaler, batches, progress), net
+
+
+def train_one_epoch(cfg, net, vgg, optimizer, scaler, batches, progress, folder=False):
+    """A step function: one more epoch of Deblur's train(), timed by train() itself."""
+
     def step():
         cfg.num_epochs = progress.epoch + 1
         before = progress.elapsed
-        Deblur.train(cfg, net, vgg, optimizer, scaler, sharp, blurred, progress)
+        Deblur.train(cfg, net, vgg, optimizer, scaler, batches, progress, folder)
         step.seconds = progress.elapsed - before
         return torch.tensor(progress.history[-1][1])
 
-    return step, net
+    return step
+
+
+def folder_benchmark(args, device):
+    """Folder mode's step (batch_size crops of crop_size, from data/train) against single-image
+    mode's on one image of the same pixel count, both through Deblur's train(), and the share of
+    the folder step spent making its batch (cropping, turning, moving, blurring)."""
+    settings = ["--compile", "off", "--output_dir", str(SCRATCH)]
+    cfg = support.parse_settings(Deblur.SETTINGS, Deblur.__file__, settings)
+    side = math.isqrt(cfg.batch_size * cfg.crop_size**2)
+    kernel = Deblur.blur_kernel(cfg.blur_kind, cfg.blur_radius)
+    amp = Deblur.amp_dtype_of(cfg, device)
+    smallest = cfg.crop_size + kernel.shape[0] - 1
+    photos = []
+    for photo in support.read_image_folder(ROOT / "data" / "train", smallest):
+        photos.append(torch.from_numpy(np.array(photo)).permute(2, 0, 1))
+    seconds = {}
+    for mode in ("single image", "folder"):
+        net, vgg, optimizer, scaler = Deblur.make_training(cfg, device, None)
+        progress = support.Progress(cfg, SimpleNamespace(signum=None))
+        progress.ours = True
+        if mode == "folder":
+            generator = torch.Generator().manual_seed(0)
+            batches = Deblur.folder_batches(photos, kernel, cfg, generator, vgg, amp, device)
+        else:
+            _, _, sharp, blurred = setup(side, device)
+            batches = repeat((blurred, sharp, Deblur.vgg_targets(vgg, sharp, amp)))
+        step = train_one_epoch(
+            cfg, net, vgg, optimizer, scaler, batches, progress, mode == "folder"
+        )
+        for _ in range(args.warmup):
+            step()
+        times = []
+        for _ in range(args.repeats):
+            step()
+            times.append(step.seconds)
+        seconds[mode] = statistics.median(times)
+    generator = torch.Generator().manual_seed(0)
+    making = Deblur.folder_batches(photos, kernel, cfg, generator, None, amp, device)
+    next(making)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(20):
+        next(making)
+    sync(device)
+    batch_seconds = (time.perf_counter() - start) / 20
+    pixels = side * side
+    print(
+        f"{machine(device)}; {pixels} pixels a step (one {side}x{side} image, or "
+        f"{cfg.batch_size} crops of {cfg.crop_size}x{cfg.crop_size}), VGG19 term on:"
+    )
+    for mode, value in seconds.items():
+        print(f"  {mode}: {value * 1000:.0f} ms/step, {pixels / value / 1e3:.0f} kpixels/s")
+    share = batch_seconds / seconds["folder"]
+    print(f"  making the batch: {batch_seconds * 1000:.1f} ms, {share:.1%} of the folder step")
 
 
 def build(variant, size, device):
@@ -382,10 +447,15 @@ def main():
     parser.add_argument(
         "--memory-probe", nargs=2, metavar=("VARIANT", "SIZE"), help=argparse.SUPPRESS
     )
+    parser.add_argument(
+        "--folder", action="store_true", help="folder mode against single-image mode"
+    )
     args = parser.parse_args()
     if args.memory_probe:
         return memory_probe(args.memory_probe[0], int(args.memory_probe[1]))
     device = Deblur.pick_device("auto")
+    if args.folder:
+        return folder_benchmark(args, device)
     if args.ablation:
         return ablation(args.ablation, device, args)
     rows, peak = benchmark(args, device)

@@ -15,6 +15,8 @@ sys.path.insert(0, str(ROOT))
 # changes what `python Deblur.py` does, never what these tests check.
 TINY = {
     "image_size": 32,
+    "crop_size": 48,
+    "batch_size": 16,
     "blur_kind": "gaussian",
     "blur_radius": 5.0,
     "blur_angle": 0.0,

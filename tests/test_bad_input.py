@@ -45,7 +45,8 @@ def truncated_jpeg(path):
 # (name, how to make the input in a folder, extra arguments, words the error line must contain)
 BAD_INPUTS = [
     ("missing file", None, ["--image_path", "{dir}/nowhere.jpg"], "image not found"),
-    ("a folder", None, ["--image_path", "{dir}"], "is a folder"),
+    ("an empty folder", None, ["--image_path", "{dir}"], "is an empty folder"),
+    ("a folder to apply", "photo", ["--apply", "{dir}"], "is a folder, not an image file"),
     ("random bytes", lambda p: p.write_bytes(bytes(range(256)) * 8), [], "is not an image"),
     ("truncated jpeg", truncated_jpeg, [], "image file is truncated"),
     (

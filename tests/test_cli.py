@@ -15,6 +15,8 @@ import support
 SHIPPED = {
     "image_path": "data/sample.jpg",
     "image_size": 512,
+    "crop_size": 48,
+    "batch_size": 16,
     "blur_kind": "gaussian",
     "blur_radius": 5.0,
     "blur_angle": 0.0,
@@ -125,6 +127,8 @@ def test_help_lists_every_setting_with_its_comment(capsys):
         (["--seed", "-1"], "--seed"),
         (["--seed", "99999999999"], "--seed"),
         (["--blur_angle", "inf"], "--blur_angle"),
+        (["--blur_radius", "700"], "--blur_radius"),
+        (["--crop_size", "0"], "--crop_size"),
     ],
 )
 def test_invalid_values_are_refused_by_name(args, name):
@@ -175,7 +179,7 @@ def test_ctrl_c_stops_cleanly_and_leaves_everything_needed_to_resume(photo_path,
     assert process.returncode == 130, err
     stopped = re.search(
         r"Training stopped early at epoch (\d+) of 1000000\. "
-        r"To continue: python Deblur.py --resume",
+        r"To continue: python \S*Deblur.py --resume",
         rest,
     )
     assert stopped, rest

@@ -19,6 +19,7 @@ import torch
 from conftest import ROOT, ParallelRuns, make_photo, tiny_run_args
 
 import Deblur
+import support
 
 PRECIOUS = b"a file of the user's"
 SCRIPT = [sys.executable, "-u", str(ROOT / "Deblur.py")]
@@ -199,7 +200,7 @@ CASES = [
     ("7 nothing to learn without VGG19", case_offline_vgg, plain, 2, "nothing would be learned"),
     (
         "8 blur larger than the image",
-        lambda d: (photo(d), ["--blur_radius", "1000"], {}),
+        lambda d: (photo(d), ["--blur_radius", "100"], {}),
         plain,
         2,
         "larger than the 32x32 image",
@@ -207,13 +208,6 @@ CASES = [
     (
         "9 --device cpu:abc",
         lambda d: (photo(d), ["--device", "cpu:abc"], {}),
-        plain,
-        2,
-        "no such device",
-    ),
-    (
-        "9 --device cpu:0:0",
-        lambda d: (photo(d), ["--device", "cpu:0:0"], {}),
         plain,
         2,
         "no such device",
@@ -236,13 +230,6 @@ CASES = [
     (
         "14 elapsed NaN",
         lambda d: (photo(d), ["--resume", str(hand_made(d, elapsed=float("nan")))], {}),
-        plain,
-        2,
-        "not a Deblur checkpoint",
-    ),
-    (
-        "14 history None",
-        lambda d: (photo(d), ["--resume", str(hand_made(d, history=None))], {}),
         plain,
         2,
         "not a Deblur checkpoint",
@@ -369,7 +356,7 @@ def test_a_briefly_full_disk_mid_run_is_a_warning_and_training_goes_on(small_dis
         if line.startswith("warning: could not write"):
             (out / "filler").unlink()
             freed = len(lines)
-        if line.startswith("Epoch 40,"):
+        if line.startswith("Epoch 30,"):
             process.send_signal(signal.SIGTERM)
             break
     rest = process.communicate(timeout=120)[0]
@@ -378,6 +365,23 @@ def test_a_briefly_full_disk_mid_run_is_a_warning_and_training_goes_on(small_dis
     assert "training goes on" in output and "Traceback" not in output
     assert freed is not None, output
     assert any(line.startswith("Epoch 20,") for line in lines[freed:]), output
-    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] >= 40
-    assert (out / "history.csv").read_text().count("\n") >= 9  # header and epochs 5 .. 40
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] >= 30
+    assert (out / "history.csv").read_text().count("\n") >= 7  # header and epochs 5 .. 30
     assert set(before.values()) <= set(digests(small_disk).values())
+
+
+# The same faults once more, in-process: a process each would add seconds to the suite.
+
+
+@pytest.mark.parametrize("device", ["cpu:0:0", "cuda:x", "cpu:-1"])
+def test_a_malformed_device_is_a_settings_error(device):
+    with pytest.raises(support.DeblurError, match="no such device"):
+        support.pick_device(device)
+
+
+@pytest.mark.parametrize("field", [{"history": None}, {"epoch": 2.5}, {"history": [[1, 2]]}])
+def test_a_hand_made_checkpoint_is_refused_before_training(tmp_path, capsys, field):
+    checkpoint = hand_made(tmp_path, **field)
+    args = tiny_run_args(photo(tmp_path), tmp_path / "out", "--resume", str(checkpoint))
+    assert Deblur.main(args) == 2
+    assert "not a Deblur checkpoint" in capsys.readouterr().err

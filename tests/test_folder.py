@@ -1,0 +1,192 @@
+"""Folder mode: learning to deblur from random crops of many photos, tested on unseen ones."""
+
+import math
+import signal
+import struct
+import zlib
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import ROOT, make_photo, tiny_run_args
+from PIL import Image
+
+import Deblur
+import support
+
+FOLDER = ["--crop_size", "16", "--batch_size", "2", "--blur_radius", "2.0"]
+
+
+@pytest.fixture
+def folder(tmp_path):
+    path = tmp_path / "train"
+    path.mkdir()
+    for seed, size in enumerate(((64, 48), (56, 72), (80, 80))):
+        make_photo(size, seed=seed).save(path / f"photo{seed}.png")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def small_unseen_sample(tmp_path, monkeypatch):
+    """The shipped sample is 512x600: its baselines take seconds; a small photo stands in."""
+    sample = tmp_path / "unseen.png"
+    make_photo((40, 36), seed=11).save(sample)
+    monkeypatch.setattr(Deblur, "UNSEEN_SAMPLE", str(sample))
+
+
+def run(folder, out, *extra):
+    return Deblur.main(tiny_run_args(folder, out, *FOLDER, *extra), vgg_weights=None)
+
+
+def test_a_folder_trains_on_crops_and_tests_on_two_unseen_images(folder, tmp_path, capsys):
+    holdout = tmp_path / "holdout.png"
+    make_photo((44, 38), seed=12).save(holdout)
+    assert run(folder, tmp_path / "out", "--holdout_path", str(holdout), "--num_epochs", "6") == 0
+    out = capsys.readouterr().out
+    assert "random 16x16 crops of" in out and "image_size does not apply" in out
+    assert "Neither image below was trained on" in out
+    assert "leave out a 6-pixel border" in out  # Pillow's gaussian of radius 2: 13 pixels wide
+    summary = [line for line in out.splitlines() if " | held out: PSNR" in line]
+    assert [line.split(":")[0] for line in summary] == [
+        "Blurred",
+        "Wiener",
+        "Richardson–Lucy",
+        "Network",
+    ]
+    assert all("unseen: PSNR" in line for line in summary)
+    checkpoint = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["epoch"] == 6 and torch.is_tensor(checkpoint["crops_generator"])
+    assert Image.open(tmp_path / "out" / "reconstructed_image.jpg").size == (40, 36)  # own size
+
+
+def test_a_resumed_folder_run_equals_an_uninterrupted_one(folder, tmp_path, monkeypatch):
+    assert run(folder, tmp_path / "whole", "--num_epochs", "8") == 0
+    real_is_due = support.Progress.is_due
+
+    def stopped_at_5(progress, epoch):  # as if SIGTERM came during epoch 5
+        if epoch == 5:
+            progress.stop.signum = signal.SIGTERM
+        return real_is_due(progress, epoch)
+
+    monkeypatch.setattr(support.Progress, "is_due", stopped_at_5)
+    assert run(folder, tmp_path / "split", "--num_epochs", "8") == 128 + signal.SIGTERM
+    monkeypatch.setattr(support.Progress, "is_due", real_is_due)
+    assert run(folder, tmp_path / "split", "--num_epochs", "8", "--resume") == 0
+    whole = torch.load(tmp_path / "whole/checkpoint.pt", weights_only=True)
+    split = torch.load(tmp_path / "split/checkpoint.pt", weights_only=True)
+    for name, tensor in whole["model"].items():
+        assert torch.equal(tensor, split["model"][name]), name
+    assert torch.equal(whole["crops_generator"], split["crops_generator"])
+
+
+def test_another_seed_gives_other_crops(folder, tmp_path):
+    for seed in ("0", "0", "7"):
+        assert run(folder, tmp_path / seed, "--seed", seed, "--num_epochs", "2") == 0
+    weights = {}
+    for seed in ("0", "7"):
+        weights[seed] = torch.load(tmp_path / seed / "checkpoint.pt", weights_only=True)["model"]
+    assert not torch.equal(weights["0"]["main.0.weight"], weights["7"]["main.0.weight"])
+
+
+def batches(images):
+    cfg = SimpleNamespace(crop_size=8, batch_size=64)
+    kernel = Deblur.blur_kernel("gaussian", 1.0)
+    generator = torch.Generator().manual_seed(0)
+    device = torch.device("cpu")
+    return Deblur.folder_batches(images, kernel, cfg, generator, None, torch.float32, device)
+
+
+def test_crops_are_blurred_from_a_margin_and_seen_turned_and_mirrored():
+    ramp = torch.arange(40, dtype=torch.uint8).expand(3, 40, 40) * 6  # brighter to the right
+    blurred, sharp, targets = next(batches([ramp.contiguous()]))
+    assert sharp.shape == blurred.shape == (64, 3, 8, 8) and targets is None
+    # Blurring a ramp from real neighbours leaves it a ramp: no edge was blurred against padding
+    assert torch.allclose(blurred, sharp, atol=1 / 255 + 1e-6)
+    rows = (sharp[:, 0, 1:, :] - sharp[:, 0, :-1, :]).mean(dim=(1, 2))
+    columns = (sharp[:, 0, :, 1:] - sharp[:, 0, :, :-1]).mean(dim=(1, 2))
+    steps = torch.stack([rows, columns], dim=1) * 255
+    directions = {tuple(step) for step in steps.round().int().tolist()}
+    assert directions == {(0, 6), (0, -6), (6, 0), (-6, 0)}  # all four turns of the ramp
+
+
+def test_image_quality_can_leave_out_a_border():
+    reference = torch.rand(1, 3, 32, 32)
+    image = reference.clone()
+    image[..., :3, :] = 0  # differs only in the top 3 rows
+    assert Deblur.image_quality(image, reference)[0] < 30
+    assert Deblur.image_quality(image, reference, border=3)[0] == math.inf
+
+
+def png_claiming(width, height):
+    def chunk(kind, data):
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def empty(folder):
+    pass
+
+
+def only_text(folder):
+    (folder / "notes.txt").write_text("not a picture")
+
+
+def only_tiny(folder):
+    make_photo((12, 12)).save(folder / "tiny.png")
+
+
+def one_huge(folder):
+    (folder / "huge.png").write_bytes(png_claiming(20000, 20000))
+
+
+@pytest.mark.parametrize(
+    "make, words",
+    [
+        (empty, "is an empty folder"),
+        (only_text, "none of the 1 files"),
+        (only_tiny, "of at least 28x28 pixels"),
+        (one_huge, "none of the 1 files"),
+    ],
+    ids=["empty", "no image", "all smaller than a crop", "one huge image"],
+)
+def test_a_folder_with_nothing_to_train_on_is_refused_and_nothing_is_written(
+    tmp_path, capsys, make, words
+):
+    folder = tmp_path / "train"
+    folder.mkdir()
+    make(folder)
+    assert run(folder, tmp_path / "out") == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and words in errors[0], errors
+    assert not (tmp_path / "out").exists()
+
+
+def test_small_and_unreadable_files_are_skipped_with_a_note(folder, tmp_path, capsys):
+    make_photo((12, 12)).save(folder / "tiny.png")
+    (folder / "notes.txt").write_text("not a picture")
+    assert run(folder, tmp_path / "out", "--num_epochs", "1") == 0
+    out = capsys.readouterr().out
+    assert "skipped tiny.png: 12x12 is smaller than a crop" in out
+    assert "training on 3 images" in out and "the other files were skipped" in out
+
+
+def test_a_folder_too_large_to_hold_is_refused_by_name(folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(support, "FOLDER_PIXELS", 10_000)
+    assert run(folder, tmp_path / "out") == 2
+    assert "hold 0.013504 megapixels, more than the 0.01 that" in capsys.readouterr().err
+
+
+def test_the_shipped_training_set_is_free_small_and_apart_from_the_test_images():
+    photos = sorted((ROOT / "data" / "train").iterdir())
+    assert len(photos) >= 8
+    assert sum(path.stat().st_size for path in photos) <= 2 * 2**20
+    readme = (ROOT / "README.md").read_text()
+    shipped = {path.read_bytes() for path in photos}
+    for test_image in ("sample.jpg", "holdout.jpg"):
+        assert (ROOT / "data" / test_image).read_bytes() not in shipped
+    for path in photos:
+        assert f"`{path.name}`" in readme, f"{path.name} is not credited in the README"
