@@ -21,9 +21,10 @@ class VGG19Loss(nn.Module):
         super().__init__()
         from torchvision.models import vgg19  # imported only when needed: it takes over a second
 
+        state = pretrained_state(weights) if weights else None  # first: offline, fail fast
         vgg = vgg19()
-        if weights is not None:
-            vgg.load_state_dict(pretrained_state(weights))
+        if state is not None:
+            vgg.load_state_dict(state)
         self.features = vgg.features[:27]  # conv1_1 ... conv4_4 and its ReLU
         self.requires_grad_(False)
         self.eval()

@@ -109,28 +109,7 @@ CASES = [
         "Training stopped early at epoch",
         signal.SIGHUP,
     ),
-    (
-        "2 input named like an output",
-        lambda d: (photo(d / "out", "reconstructed_image.jpg"), []),
-        2,
-        "has the name of an output in output_dir",
-        None,
-    ),
-    (
-        "3 fresh run over earlier checkpoints",
-        lambda d: (photo(d), []),
-        0,
-        "was kept as checkpoint.2.pt",
-        None,
-    ),
     ("6 disk full inside torch.save", lambda d: (photo(d), []), 1, "could not write", None),
-    (
-        "8 log_every > num_epochs",
-        lambda d: (photo(d), ["--num_epochs", "3", "--log_every", "50"]),
-        0,
-        "Epoch 3, Total Loss",
-        None,
-    ),
 ]
 
 
@@ -202,8 +181,17 @@ def test_sigterm_writes_a_checkpoint_that_resume_continues(fault_runs, capsys):
     assert f"Resumed from {out / 'checkpoint.pt'} at epoch {stopped}" in capsys.readouterr().out
 
 
-def test_fresh_runs_keep_every_earlier_checkpoint_under_a_new_number(fault_runs):
-    _, _, image, _, _ = fault_runs["3 fresh run over earlier checkpoints"]
+def fresh_run(folder):
+    return photo(folder), []
+
+
+def final_epoch_only(folder):
+    return photo(folder), ["--num_epochs", "3", "--log_every", "50"]
+
+
+def test_fresh_runs_keep_every_earlier_checkpoint_under_a_new_number(tmp_path):
+    image, args, _ = prepare(("3 fresh run over earlier checkpoints", fresh_run), tmp_path)
+    assert Deblur.main(args) == 0
     out = image.parent / "out"
     assert (out / "checkpoint.1.pt").read_bytes() == b"an even earlier run's checkpoint"
     assert (out / "checkpoint.2.pt").read_bytes() == EARLIER_CHECKPOINT
@@ -218,8 +206,9 @@ def test_a_failed_checkpoint_write_replaces_nothing_and_leaves_no_partial_file(f
     assert not list(out.glob(".*partial"))
 
 
-def test_the_final_epoch_makes_the_history_and_the_curves(fault_runs):
-    _, _, image, _, _ = fault_runs["8 log_every > num_epochs"]
+def test_the_final_epoch_makes_the_history_and_the_curves(tmp_path):
+    image, args, _ = prepare(("8 log_every > num_epochs", final_epoch_only), tmp_path)
+    assert Deblur.main(args) == 0
     out = image.parent / "out"
     assert (out / "history.csv").read_text().splitlines()[1].startswith("3,")
     assert (out / "training_curves.png").stat().st_size > 0
@@ -267,9 +256,17 @@ def test_the_free_space_asked_for_is_what_this_run_needs(photo_path, tmp_path, m
     assert f"this run needs about {needed // 2**20 + 1} MB" in capsys.readouterr().err
 
 
-# Cases 5, 7 and 9, in-process (a process each would add minutes to the suite), with the same
-# checks.
+# Cases 2, 3, 5, 7, 8 and 9, in-process (a process each would add minutes to the suite), with the
+# same checks.
 IN_PROCESS = [
+    (
+        "2 input named like an output",
+        lambda d: (photo(d / "out", "reconstructed_image.jpg"), []),
+        2,
+        "has the name of an output in output_dir",
+    ),
+    ("3 fresh run over earlier checkpoints", fresh_run, 0, "was kept as checkpoint.2.pt"),
+    ("8 log_every > num_epochs", final_epoch_only, 0, "Epoch 3, Total Loss"),
     (
         "5 checkpoint with NaN weights",
         lambda d: (photo(d), ["--resume", str(d / "nan.pt")]),

@@ -79,13 +79,15 @@ def test_a_resumed_folder_run_equals_an_uninterrupted_one(folder, tmp_path, monk
     assert torch.equal(whole["crops_generator"], split["crops_generator"])
 
 
-def test_another_seed_gives_other_crops(folder, tmp_path):
-    for seed in ("0", "0", "7"):
-        assert run(folder, tmp_path / seed, "--seed", seed, "--num_epochs", "2") == 0
-    weights = {}
-    for seed in ("0", "7"):
-        weights[seed] = torch.load(tmp_path / seed / "checkpoint.pt", weights_only=True)["model"]
-    assert not torch.equal(weights["0"]["main.0.weight"], weights["7"]["main.0.weight"])
+def test_the_seed_decides_the_crops(folder, tmp_path):
+    checkpoints = {}
+    for name, seed in (("a", "0"), ("b", "0"), ("c", "7")):
+        assert run(folder, tmp_path / name, "--seed", seed, "--num_epochs", "2") == 0
+        checkpoints[name] = torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
+    a, b, c = checkpoints["a"], checkpoints["b"], checkpoints["c"]
+    assert torch.equal(a["crops_generator"], b["crops_generator"])
+    assert torch.equal(a["model"]["main.0.weight"], b["model"]["main.0.weight"])
+    assert not torch.equal(a["crops_generator"], c["crops_generator"])
 
 
 def batches(images):
