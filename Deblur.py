@@ -181,7 +181,7 @@ def compute_losses(net, vgg, blurred, sharp, target_maps):
     return mse, perceptual_distance(vgg.feature_maps(restored), target_maps)
 
 
-# ---- Training: one step per epoch on the single pair
+# ---- Training: one step per epoch, on the image pair or on a batch of a folder's crops
 def amp_dtype_of(cfg, device):
     """float16 on CUDA (with a GradScaler), bfloat16 on a CPU (no scaler needed), else float32."""
     if cfg.amp_dtype != "auto":
@@ -242,11 +242,9 @@ def folder_batches(images, kernel, cfg, generator, vgg, amp, device):
         yield blurred, sharp, vgg_targets(vgg, sharp, amp)
 
 
-def learning_rate(cfg, epoch, folder):
-    """The original's constant lr for one image. For a folder: a warm-up over the first 100 steps,
-    then a cosine decay to 0 at num_epochs: without it the loss jumps at lr 5e-4 and above."""
-    if not folder:
-        return cfg.lr
+def learning_rate(cfg, epoch):
+    """For a folder (one image keeps the original's constant lr): a warm-up over the first 100
+    steps, then a cosine decay to 0 at num_epochs; without it the loss jumps at lr 5e-4 and up."""
     warm_up = min(epoch / 100, 1)
     return cfg.lr * warm_up * (1 + math.cos(math.pi * min(epoch / cfg.num_epochs, 1))) / 2
 
@@ -266,8 +264,9 @@ def train(cfg, net, vgg, optimizer, scaler, batches, progress, folder=False):
     outcome = "done"
     for epoch in range(progress.epoch + 1, cfg.num_epochs + 1):
         blurred, sharp, target_maps = next(batches)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, epoch, folder)
+        if folder:  # one image keeps the original's constant lr
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg, epoch)
         # Forward in mixed precision: float16 or bfloat16 where it is safe, float32 where not
         with torch.autocast(device.type, dtype=amp, enabled=mixed):
             mse, perceptual = losses(net, vgg, blurred, sharp, target_maps)
@@ -379,9 +378,9 @@ def run(cfg, stop, vgg_weights):
     kernel = blur_kernel(cfg.blur_kind, cfg.blur_radius, cfg.blur_angle)
     checkpoint = read_checkpoint(cfg) if cfg.resume else None  # before anything is written
     size = None if folder else cfg.image_size  # a folder's tests keep their own size
+    blurring = (cfg.blur_kind, cfg.blur_radius, cfg.blur_angle)
     pairs = {}
     for setting, path in inputs.items():
-        blurring = (cfg.blur_kind, cfg.blur_radius, cfg.blur_angle)
         images = load_image_pair(path, size, *blurring, setting)
         pairs[setting] = [image_to_tensor(image, device) for image in images]
         check_blur_fits(kernel, pairs[setting][0], setting)

@@ -111,3 +111,37 @@ class ParallelRuns(dict):
     def __missing__(self, name):
         self.run([case for case in self.cases if case[0] == name])
         return self[name]
+
+
+def start_a_long_run(image, out, until):
+    """`python Deblur.py` training for 100,000 epochs (a line every 5), read up to the line that
+    starts with `until`; the caller stops it."""
+    args = tiny_run_args(image, out, "--num_epochs", "100000", "--log_every", "5")
+    process = subprocess.Popen(
+        [sys.executable, "-u", str(ROOT / "Deblur.py"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in process.stdout:
+        if line.startswith(until):
+            break
+    return process
+
+
+@pytest.fixture
+def figure_titles(monkeypatch):
+    """{file name: its axes' titles, then its insets' titles} of every figure Deblur.py saves."""
+    import Deblur
+
+    titles = {}
+    real_save = Deblur.save_figure
+
+    def recording_save(figure, path):
+        axes = figure.axes
+        insets = [inset for ax in axes for inset in ax.child_axes]
+        titles[path.name] = [ax.get_title() for ax in [*axes, *insets]]
+        real_save(figure, path)
+
+    monkeypatch.setattr(Deblur, "save_figure", recording_save)
+    return titles

@@ -1,12 +1,10 @@
 import ast
 import re
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import ROOT, TINY, run_script, tiny_run_args
+from conftest import ROOT, TINY, run_script, start_a_long_run, tiny_run_args
 
 import Deblur
 import support
@@ -160,25 +158,12 @@ def test_script_runs_from_another_folder_with_the_shipped_images(tmp_path):
 
 def test_ctrl_c_stops_cleanly_and_leaves_everything_needed_to_resume(photo_path, tmp_path):
     out = tmp_path / "out"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-u",
-            str(ROOT / "Deblur.py"),
-            *tiny_run_args(photo_path, out, "--num_epochs", "1000000", "--log_every", "5"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    for line in process.stdout:
-        if line.startswith("Epoch 10,"):
-            break
+    process = start_a_long_run(photo_path, out, until="Epoch 10,")
     process.send_signal(signal.SIGINT)
     rest, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     stopped = re.search(
-        r"Training stopped early at epoch (\d+) of 1000000\. "
+        r"Training stopped early at epoch (\d+) of 100000\. "
         r"To continue: python \S*Deblur.py --resume",
         rest,
     )

@@ -16,7 +16,7 @@ from struct import pack
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, ParallelRuns, make_photo, tiny_run_args
+from conftest import ROOT, ParallelRuns, make_photo, start_a_long_run, tiny_run_args
 from PIL import Image
 
 import Deblur
@@ -216,20 +216,7 @@ def test_the_final_epoch_makes_the_history_and_the_curves(tmp_path):
 
 def test_a_second_run_in_the_same_folder_is_refused_naming_the_first(photo_path, tmp_path):
     out = tmp_path / "out"
-    first = subprocess.Popen(
-        [
-            sys.executable,
-            "-u",
-            str(ROOT / "Deblur.py"),
-            *tiny_run_args(photo_path, out, "--num_epochs", "100000", "--log_every", "5"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    for line in first.stdout:
-        if line.startswith("Epoch 5,"):
-            break
+    first = start_a_long_run(photo_path, out, until="Epoch 5,")
     second = subprocess.run(
         [sys.executable, str(ROOT / "Deblur.py"), *tiny_run_args(photo_path, out)],
         capture_output=True,

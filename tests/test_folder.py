@@ -56,6 +56,7 @@ def test_a_folder_trains_on_crops_and_tests_on_two_unseen_images(folder, tmp_pat
     assert all("unseen: PSNR" in line for line in summary)
     checkpoint = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)
     assert checkpoint["epoch"] == 6 and torch.is_tensor(checkpoint["crops_generator"])
+    assert checkpoint["optimizer"]["param_groups"][0]["lr"] == 0  # the cosine's end
     assert Image.open(tmp_path / "out" / "reconstructed_image.jpg").size == (40, 36)  # own size
 
 
@@ -77,6 +78,14 @@ def test_a_resumed_folder_run_equals_an_uninterrupted_one(folder, tmp_path, monk
     for name, tensor in whole["model"].items():
         assert torch.equal(tensor, split["model"][name]), name
     assert torch.equal(whole["crops_generator"], split["crops_generator"])
+
+
+def test_a_folder_warms_the_learning_rate_up_then_decays_it():
+    cfg = SimpleNamespace(lr=1e-3, num_epochs=1000)
+    assert Deblur.learning_rate(cfg, 50) == pytest.approx(0.5e-3 * (1 + math.cos(math.pi / 20)) / 2)
+    rates = [Deblur.learning_rate(cfg, epoch) for epoch in (100, 500, 900)]
+    assert rates == sorted(rates, reverse=True) and rates[-1] > 0
+    assert Deblur.learning_rate(cfg, 1000) == pytest.approx(0, abs=1e-12)
 
 
 def test_the_seed_decides_the_crops(folder, tmp_path):

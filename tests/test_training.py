@@ -86,24 +86,10 @@ def test_the_final_epoch_is_logged_even_when_log_every_is_larger(photo_path, tmp
 
 
 def test_comparison_figure_has_the_seeds_titled_panels_and_richardson_lucy(
-    photo_path, tmp_path, monkeypatch
+    photo_path, tmp_path, figure_titles
 ):
-    titles = {}
-    real_save = Deblur.save_figure
-    monkeypatch.setattr(
-        Deblur,
-        "save_figure",
-        lambda figure, path: (
-            titles.setdefault(
-                path.name,
-                [ax.get_title() for ax in figure.axes]
-                + [inset.get_title() for ax in figure.axes for inset in ax.child_axes],
-            ),
-            real_save(figure, path),
-        ),
-    )
     assert run(photo_path, tmp_path) == 0
-    original, blurred, richardson_lucy, restored, kernel = titles["comparison.png"]
+    original, blurred, richardson_lucy, restored, kernel = figure_titles["comparison.png"]
     assert original == "Original Image"
     assert blurred.startswith("Blurred Image\nPSNR ") and "SSIM" in blurred
     assert richardson_lucy.startswith("Richardson–Lucy\nPSNR ")
