@@ -9,12 +9,11 @@ from functools import partial
 from itertools import chain, repeat
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib.backends import BackendFilter, backend_registry
 from PIL import Image, ImageFilter
 from skimage import restoration
+from skimage.metrics import structural_similarity
 from torch import nn
 from torch.nn import functional as F
 
@@ -197,21 +196,17 @@ def make_training(cfg, device, vgg_weights):
     vgg = load_vgg19_loss(vgg_weights, device) if cfg.perceptual_weight else None
     # Fused Adam: one kernel for all tensors, and no host sync for a GradScaler's skipped steps
     fused = device.type in ("cuda", "cpu")
-    optimizer = torch.optim.Adam(
-        net.parameters(), cfg.lr, weight_decay=cfg.weight_decay, fused=fused
-    )
+    adam = torch.optim.Adam(net.parameters(), cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     float16 = amp_dtype_of(cfg, device) == torch.float16
-    return net, vgg, optimizer, torch.amp.GradScaler(device.type, enabled=float16)
+    return net, vgg, adam, torch.amp.GradScaler(device.type, enabled=float16)
 
 
 def vgg_targets(vgg, sharp, amp):
     """The sharp images' VGG19 features: the fixed side of the perceptual loss (None: no VGG)."""
     if vgg is None:
         return None
-    with (
-        torch.no_grad(),
-        torch.autocast(sharp.device.type, dtype=amp, enabled=amp != torch.float32),
-    ):
+    mixed = amp != torch.float32
+    with torch.no_grad(), torch.autocast(sharp.device.type, dtype=amp, enabled=mixed):
         return vgg.feature_maps(sharp)
 
 
@@ -297,6 +292,9 @@ WIENER_BALANCE = {"gaussian": 0.03, "motion": 0.1, "defocus": 0.1, "box": 0.3}
 RL_ITERATIONS = {"gaussian": 100, "motion": 20, "defocus": 20, "box": 20}
 
 
+GAUSSIAN_SSIM = {"gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False}
+
+
 def psnr_from_mse(mse):
     return 10 * math.log10(1 / mse) if mse > 0 else math.inf
 
@@ -304,13 +302,12 @@ def psnr_from_mse(mse):
 def image_quality(image, reference, border=0):
     """(PSNR in dB, SSIM) of an image in [0, 1] against the reference, leaving out `border` pixels
     on each side, as deblurring papers do: there the blur mixed in pixels from past the edge."""
-    # torchmetrics takes a second to import: only when needed
-    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
-
     border = max(0, min(border, (min(image.shape[-2:]) - 11) // 2))  # SSIM's window needs 11x11
     inside = (..., slice(border, image.shape[-2] - border), slice(border, image.shape[-1] - border))
-    image, reference = image[inside].float(), reference[inside].float()
-    similarity = ssim(image, reference, data_range=1.0).item()
+    image, reference = image[inside].float().cpu(), reference[inside].float().cpu()
+    # Wang et al.'s SSIM: a Gaussian window of sigma 1.5, the mean over the channels
+    pair = (image[0].numpy(), reference[0].numpy())
+    similarity = structural_similarity(*pair, channel_axis=0, data_range=1.0, **GAUSSIAN_SSIM)
     return psnr_from_mse(F.mse_loss(image, reference).item()), similarity
 
 
@@ -352,6 +349,9 @@ def evaluate(net, sharp, blurred, kind, kernel):
 
 def save_results(out, rows, kernel, progress):
     """comparison.png and reconstructed_image.jpg; history.csv and training_curves.png."""
+    import matplotlib.pyplot as plt  # a third of a second to import: only when drawing
+    from matplotlib.backends import BackendFilter, backend_registry
+
     figure, axes = plt.subplots(len(rows), 4, figsize=(20, 5.6 * len(rows)), squeeze=False)
     for row_axes, row in zip(axes, rows, strict=True):
         draw_row(row_axes, row, kernel, to_hwc)

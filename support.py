@@ -24,7 +24,6 @@ from pathlib import Path
 from time import perf_counter
 from typing import NamedTuple
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -387,6 +386,8 @@ class Progress:
     def save_history(self, results):
         """history.csv, and training_curves.png: the loss terms (log scale) and the PSNR against
         the epoch, with the blurred input's and Richardson-Lucy's PSNR as lines."""
+        import matplotlib.pyplot as plt  # a third of a second to import: only when drawing
+
         write_history(self.out / "history.csv", self.history)
         columns = dict(zip(HISTORY_COLUMNS, np.array(self.history).reshape(-1, 6).T, strict=True))
         figure, (loss_ax, psnr_ax) = plt.subplots(1, 2, figsize=(12, 4.5))

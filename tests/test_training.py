@@ -2,6 +2,7 @@ import csv
 import re
 from types import SimpleNamespace
 
+import matplotlib.pyplot
 import numpy as np
 import pytest
 import torch
@@ -331,7 +332,7 @@ def test_figures_are_shown_only_with_an_interactive_backend(
     photo_path, tmp_path, monkeypatch, backend, shown
 ):
     calls = []
-    monkeypatch.setattr(Deblur.plt, "get_backend", lambda: backend)
-    monkeypatch.setattr(Deblur.plt, "show", lambda: calls.append(backend))
+    monkeypatch.setattr(matplotlib.pyplot, "get_backend", lambda: backend)
+    monkeypatch.setattr(matplotlib.pyplot, "show", lambda: calls.append(backend))
     assert run(photo_path, tmp_path) == 0
     assert bool(calls) is shown
