@@ -122,10 +122,11 @@ def case_offline_vgg(d):
 
 
 def case_stale_partials(d):
-    (d / "out").mkdir()
+    checkpoint = trained_checkpoint(d)  # --apply takes the lock as training does, in less time
     (d / "out" / ".checkpoint.pt.999999999.partial").write_bytes(b"0" * 4096)  # no such process
     (d / "out" / f".history.csv.{os.getpid()}.partial").write_bytes(PRECIOUS)  # a live process
-    return photo(d), [], {"garbage": ["out/.checkpoint.pt.999999999.partial"]}
+    apply = ["--apply", str(photo(d)), "--resume", str(checkpoint)]
+    return photo(d), apply, {"garbage": ["out/.checkpoint.pt.999999999.partial"]}
 
 
 def case_apply_over_existing(d):
