@@ -34,6 +34,7 @@ from support import (
     pick_device,
     print_plan,
     print_summary,
+    psnr_from_mse,
     read_checkpoint,
     read_image_folder,
     read_rgb_image,
@@ -295,10 +296,6 @@ RL_ITERATIONS = {"gaussian": 100, "motion": 20, "defocus": 20, "box": 20}
 GAUSSIAN_SSIM = {"gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False}
 
 
-def psnr_from_mse(mse):
-    return 10 * math.log10(1 / mse) if mse > 0 else math.inf
-
-
 def image_quality(image, reference, border=0):
     """(PSNR in dB, SSIM) of an image in [0, 1] against the reference, leaving out `border` pixels
     on each side, as deblurring papers do: there the blur mixed in pixels from past the edge."""
@@ -411,7 +408,7 @@ def run(cfg, stop, vgg_weights):
             rows.append(Row(LABELS[setting], sharp.cpu(), results))
         print_summary(rows, border=kernel.shape[0] // 2)
         save_results(out, rows, kernel, progress)
-    return report_outcome(cfg, outcome, progress, stop, SETTINGS)
+    return report_outcome(outcome, progress, SETTINGS)
 
 
 def apply_to_photo(cfg, stop):

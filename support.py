@@ -49,8 +49,15 @@ CHOICES = {
     "compile": ("auto", "on", "off"),
     "amp_dtype": ("auto", "float16", "bfloat16", "float32"),
 }
-POSITIVE = ("num_epochs", "lr", "max_grad_norm", "log_every", "checkpoint_every", "crop_size")
-POSITIVE += ("batch_size",)
+POSITIVE = (
+    "num_epochs",
+    "lr",
+    "max_grad_norm",
+    "log_every",
+    "checkpoint_every",
+    "crop_size",
+    "batch_size",
+)
 NOT_NEGATIVE = ("blur_radius", "weight_decay", "mse_weight", "perceptual_weight")
 STOP_SIGNALS = [
     getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
@@ -369,7 +376,7 @@ class Progress:
 
     def log(self, values, rate):
         total, mse, perceptual = values
-        psnr = 10 * math.log10(1 / mse) if mse > 0 else math.inf
+        psnr = psnr_from_mse(mse)
         remaining = (self.cfg.num_epochs - self.epoch) / rate
         self.history.append([self.epoch, total, mse, perceptual, psnr, self.elapsed])
         print(
@@ -406,6 +413,11 @@ class Progress:
         loss_ax.legend()
         psnr_ax.legend()
         save_figure(figure, self.out / "training_curves.png")
+
+
+def psnr_from_mse(mse):
+    """PSNR in dB of images in [0, 1] whose mean squared error is `mse`."""
+    return 10 * math.log10(1 / mse) if mse > 0 else math.inf
 
 
 def snapshot(net):
@@ -635,8 +647,9 @@ def print_plan(cfg, device, amp, perceptual, progress, baseline):
         note("float16 on a CPU is emulated and far slower than bfloat16 (--amp_dtype auto)")
 
 
-def report_outcome(cfg, outcome, progress, stop, defaults):
+def report_outcome(outcome, progress, defaults):
     """Says how training ended and where the results are; returns the exit code."""
+    cfg, stop = progress.cfg, progress.stop
     if outcome == "diverged":
         raise DeblurError(
             f"the loss became NaN or infinite by epoch {progress.diverged_at}, so training "

@@ -145,3 +145,22 @@ def figure_titles(monkeypatch):
 
     monkeypatch.setattr(Deblur, "save_figure", recording_save)
     return titles
+
+
+def signal_after(prefix, number):
+    """A way to run a command: send it signal `number` once it prints a line starting with
+    `prefix`; it gives (exit code, stdout, stderr)."""
+
+    def run(command, env):
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        seen = []
+        for raw in process.stdout:
+            line = raw.decode()
+            seen.append(line)
+            if line.startswith(prefix):
+                process.send_signal(number)
+                break
+        out, err = process.communicate(timeout=120)
+        return process.returncode, "".join(seen) + out.decode(), err.decode()
+
+    return run

@@ -16,7 +16,14 @@ from struct import pack
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, ParallelRuns, make_photo, start_a_long_run, tiny_run_args
+from conftest import (
+    ROOT,
+    ParallelRuns,
+    make_photo,
+    signal_after,
+    start_a_long_run,
+    tiny_run_args,
+)
 from PIL import Image
 
 import Deblur
@@ -137,15 +144,8 @@ def execute(case, ready):
         command = [sys.executable, "-u", "-c", DISK_FULL, *args]
     if send is None:
         return subprocess.run(command, capture_output=True, text=True, timeout=180)
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    seen = []
-    for line in process.stdout:
-        seen.append(line)
-        if line.startswith("Epoch 10,"):
-            process.send_signal(send)
-            break
-    out, err = process.communicate(timeout=120)
-    return subprocess.CompletedProcess(command, process.returncode, "".join(seen) + out, err)
+    code, out, err = signal_after("Epoch 10,", send)(command, env=None)
+    return subprocess.CompletedProcess(command, code, out, err)
 
 
 @pytest.fixture(scope="module")

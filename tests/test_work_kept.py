@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, ParallelRuns, make_photo, tiny_run_args
+from conftest import ROOT, ParallelRuns, make_photo, signal_after, tiny_run_args
 
 import Deblur
 import support
@@ -71,21 +71,6 @@ def hand_made(folder, **fields):
 def plain(command, env):
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     return result.returncode, result.stdout, result.stderr
-
-
-def signal_after(prefix, number):
-    def run(command, env):
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-        seen = []
-        for line in process.stdout:
-            seen.append(line.decode())
-            if line.decode().startswith(prefix):
-                process.send_signal(number)
-                break
-        out, err = process.communicate(timeout=120)
-        return process.returncode, "".join(seen) + out.decode(), err.decode()
-
-    return run
 
 
 def pipe_closed_after(lines, then_signal=None):
