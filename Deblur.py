@@ -1,52 +1,40 @@
 """Deblur: remove blur from an image by training a small residual CNN on that very image (or,
 given a folder, on random crops of its photos), measured against classical deconvolution and on
 images it never saw. Read it top to bottom: settings, data, model, loss, the training loop,
-results, the job. The plumbing (command line, checks, checkpoints, signals) is in support.py.
+results, the job. The plumbing it borrows is in plumbing/, one module per concern, and the
+figures are drawn by results.py.
 """
 
 import math
 from functools import partial
-from itertools import chain, repeat
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter
+from PIL import ImageFilter
 from skimage import restoration
-from skimage.metrics import structural_similarity
 from torch import nn
 from torch.nn import functional as F
 
-from PerceptualLoss import load_vgg19_loss, perceptual_distance
-from support import (
-    LABELS,
-    Progress,
-    Result,
-    Row,
+from PerceptualLoss import load_vgg19_loss
+from plumbing.checkpoints import load_weights, read_checkpoint, restore_training
+from plumbing.command_line import check_something_to_learn, settings_in
+from plumbing.device import compiled_on_first_batch, cpu_has_fast_bfloat16, pick_device
+from plumbing.files import locked_output_dir, photo_output, save_image, space_needed
+from plumbing.images import (
     check_blur_fits,
-    compile_or_not,
-    draw_row,
-    in_strips,
+    image_to_tensor,
     input_paths,
-    load_weights,
-    locked_output_dir,
-    photo_output,
-    pick_device,
-    print_plan,
-    print_summary,
-    psnr_from_mse,
-    read_checkpoint,
     read_image_folder,
     read_rgb_image,
-    report_outcome,
     resized,
-    restore_training,
-    run_job,
-    save_figure,
-    save_image,
-    settings_in,
-    space_needed,
+    tensor_to_image,
+    to_hwc,
 )
+from plumbing.job import run_job
+from plumbing.progress import Progress, in_strips, print_plan, report_outcome
+from results import LABELS, Result, Row, image_quality, print_summary, save_results
 
 # ---- Settings: edit a line, or override it for one run: python Deblur.py --num_epochs 300
 image_path = "data/sample.jpg"  # the training image, or a folder of them (see crop_size)
@@ -66,8 +54,8 @@ log_every = 10  # print a progress line and a history.csv row every this many ep
 checkpoint_every = 1000  # write output_dir/checkpoint.pt every this many epochs (and at the end)
 seed = 0  # seeds the network's initialisation: same seed and settings, same result on a CPU
 device = "auto"  # auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps
-amp_dtype = "auto"  # auto (float16 on CUDA, bfloat16 on CPU, float32 on MPS) or one of those
-compile = "auto"  # torch.compile the loss computation: auto (on CUDA only), on or off
+amp_dtype = "auto"  # auto (float16 on CUDA, bfloat16 on a CPU with AVX-512, else float32) or one
+torch_compile = "auto"  # torch.compile the network and VGG19: auto (on CUDA only), on or off
 holdout_path = "data/holdout.jpg"  # a second image, never trained on, to test on; '' skips it
 output_dir = "."  # where results, history.csv and checkpoint.pt are written (created if missing)
 resume = ""  # '' starts afresh; auto (or a bare --resume): output_dir/checkpoint.pt; or a path
@@ -76,15 +64,15 @@ apply = ""  # a photo to deblur with the network in --resume's checkpoint, inste
 SETTINGS = settings_in(globals())
 
 
-# ---- Data: a sharp image and its blurred copy
+# ---- Data: a blurred image and its sharp original, always in that order
 def load_image_pair(path, size, kind="gaussian", radius=5.0, angle=0.0, setting="image_path"):
-    """The image resized to size x size (None: as it is) and a copy blurred by `kind`, as RGB."""
+    """(blurred, sharp): the image resized to size x size (None: as it is) and blurred by `kind`."""
     image = read_rgb_image(path, setting)
     sharp = resized(image, size, path) if size else image  # the original's square
     if kind == "gaussian":  # exactly the original's blur
-        return sharp, sharp.filter(ImageFilter.GaussianBlur(radius=radius))
+        return sharp.filter(ImageFilter.GaussianBlur(radius=radius)), sharp
     blurred = blur(image_to_tensor(sharp, "cpu"), blur_kernel(kind, radius, angle))
-    return sharp, tensor_to_image(blurred)
+    return tensor_to_image(blurred), sharp
 
 
 def blur(images, kernel, pad=True):
@@ -97,6 +85,9 @@ def blur(images, kernel, pad=True):
     return (F.conv2d(images, weight.expand(3, 1, -1, -1), groups=3) * 255).round() / 255
 
 
+BLUR_KINDS = ("gaussian", "motion", "defocus", "box")
+
+
 def blur_kernel(kind, radius, angle=0.0):
     """The blur as an explicit 2-D kernel summing to 1: what the classical baselines deconvolve."""
     if kind == "gaussian":
@@ -107,10 +98,12 @@ def blur_kernel(kind, radius, angle=0.0):
         kernel = np.ones_like(x)
     elif kind == "defocus":  # the uniform disk an out-of-focus lens spreads a point into
         kernel = (x**2 + y**2 <= radius**2).astype(np.float64)
-    else:  # motion: a line 2 * radius + 1 pixels long through the centre, anti-aliased
+    elif kind == "motion":  # a line 2 * radius + 1 pixels long through the centre, anti-aliased
         along = np.cos(np.radians(angle)) * x - np.sin(np.radians(angle)) * y  # rows grow downwards
         across = np.sin(np.radians(angle)) * x + np.cos(np.radians(angle)) * y
         kernel = np.clip(1 - np.abs(across), 0, 1) * (np.abs(along) <= radius)
+    else:
+        raise ValueError(f"unknown blur kind {kind!r}; the kinds are {', '.join(BLUR_KINDS)}")
     return kernel / kernel.sum()
 
 
@@ -125,21 +118,6 @@ def pillow_gaussian_1d(radius):
     edge = (1 - (2 * inner + 1) * weight) / 2
     box = np.array([edge, *[weight] * (2 * inner + 1), edge])
     return np.convolve(np.convolve(box, box), box)
-
-
-def image_to_tensor(image, device):
-    """(1, 3, H, W) float32 in [0, 1], channels_last: the layout oneDNN and cuDNN convolve best."""
-    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255
-    return pixels.to(device, memory_format=torch.channels_last)
-
-
-def to_hwc(image):
-    """(1, 3, H, W) tensor to an (H, W, 3) array in [0, 1], for matplotlib and scikit-image."""
-    return image[0].float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
-
-
-def tensor_to_image(image):
-    return Image.fromarray((to_hwc(image) * 255).round().astype(np.uint8))
 
 
 # ---- Model
@@ -171,51 +149,53 @@ class DeblurNet(nn.Module):
         return torch.sigmoid(self.main(x) + x)
 
 
+def make_network(cfg, processor):
+    torch.manual_seed(cfg.seed)  # the same seed, the same initial weights
+    return DeblurNet().to(processor, memory_format=torch.channels_last)
+
+
 # ---- Loss: mse_weight x MSE + perceptual_weight x VGG19 distance, summed in the training loop
-def compute_losses(net, vgg, blurred, sharp, target_maps):
-    """The loss's two terms: pixel-wise MSE, and the VGG19 feature distance (0 without a VGG)."""
-    restored = net(blurred)
-    mse = F.mse_loss(restored, sharp)
-    if vgg is None:
-        return mse, torch.zeros_like(mse)
-    return mse, perceptual_distance(vgg.feature_maps(restored), target_maps)
-
-
-# ---- Training: one step per epoch, on the image pair or on a batch of a folder's crops
-def amp_dtype_of(cfg, device):
-    """float16 on CUDA (with a GradScaler), bfloat16 on a CPU (no scaler needed), else float32."""
-    if cfg.amp_dtype != "auto":
-        return getattr(torch, cfg.amp_dtype)
-    return {"cuda": torch.float16, "cpu": torch.bfloat16}.get(device.type, torch.float32)
-
-
-def make_training(cfg, device, vgg_weights):
-    """The seeded network, the perceptual loss (None for MSE only), Adam and the gradient scaler."""
-    torch.manual_seed(cfg.seed)
-    torch.set_float32_matmul_precision("high")  # TF32 matmuls on CUDA (convolutions already are)
-    net = DeblurNet().to(device, memory_format=torch.channels_last)
-    vgg = load_vgg19_loss(vgg_weights, device) if cfg.perceptual_weight else None
-    # Fused Adam: one kernel for all tensors, and no host sync for a GradScaler's skipped steps
-    fused = device.type in ("cuda", "cpu")
-    adam = torch.optim.Adam(net.parameters(), cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
-    float16 = amp_dtype_of(cfg, device) == torch.float16
-    return net, vgg, adam, torch.amp.GradScaler(device.type, enabled=float16)
-
-
 def vgg_targets(vgg, sharp, amp):
     """The sharp images' VGG19 features: the fixed side of the perceptual loss (None: no VGG)."""
     if vgg is None:
         return None
-    mixed = amp != torch.float32
-    with torch.no_grad(), torch.autocast(sharp.device.type, dtype=amp, enabled=mixed):
+    with (
+        torch.no_grad(),
+        torch.autocast(sharp.device.type, dtype=amp, enabled=amp != torch.float32),
+    ):
         return vgg.feature_maps(sharp)
 
 
-def folder_batches(images, kernel, cfg, generator, vgg, amp, device):
+# ---- Training: one step per epoch, on the image pair or on a batch of a folder's crops
+def amp_dtype_of(cfg, processor):
+    """float16 on CUDA (with a GradScaler); bfloat16 on a CPU that computes it natively (no scaler
+    needed); else float32, which such a CPU computes many times faster than emulated bfloat16."""
+    if cfg.amp_dtype != "auto":
+        return getattr(torch, cfg.amp_dtype)
+    if processor.type == "cuda":
+        return torch.float16
+    if processor.type == "cpu" and cpu_has_fast_bfloat16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def make_training(cfg, net, vgg_weights):
+    """The perceptual loss (None for MSE only), Adam and the gradient scaler for `net`."""
+    processor = next(net.parameters()).device
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls on CUDA (convolutions already are)
+    vgg = load_vgg19_loss(vgg_weights, processor) if cfg.perceptual_weight else None
+    # Fused Adam: one kernel for all tensors, and no host sync for a GradScaler's skipped steps
+    fused = processor.type in ("cuda", "cpu")
+    adam = torch.optim.Adam(net.parameters(), cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    float16 = amp_dtype_of(cfg, processor) == torch.float16
+    return vgg, adam, torch.amp.GradScaler(processor.type, enabled=float16)
+
+
+def folder_batches(images, kernel, cfg, generator, vgg, amp, processor):
     """Every step, batch_size random crops of the folder's images, each turned by a random multiple
-    of 90 degrees and maybe mirrored (augmentation: 8 views of every crop), with their blurred
-    copies and VGG19 targets. Each crop is cut with a margin of the kernel's half-width and blurred
-    without padding, so that no edge is blurred against made-up pixels."""
+    of 90 degrees and maybe mirrored (augmentation: 8 views of every crop), as (blurred, sharp,
+    VGG19 targets). Each crop is cut with a margin of the kernel's half-width and blurred without
+    padding, so that no edge is blurred against made-up pixels."""
     margin = kernel.shape[0] // 2
     size = cfg.crop_size + 2 * margin
     while True:
@@ -229,33 +209,31 @@ def folder_batches(images, kernel, cfg, generator, vgg, amp, device):
                 crop = crop.flip(2)
             crops.append(crop)
         crops = torch.stack(crops)
-        if device.type == "cuda":  # pinned: the copy to the GPU does not make the host wait
+        if processor.type == "cuda":  # pinned: the copy to the GPU does not make the host wait
             crops = crops.pin_memory()
         # Blurred on the device, where the convolution is fast: only 8-bit crops cross over
-        sharp = crops.to(device, non_blocking=True, memory_format=torch.channels_last).float() / 255
+        sharp = crops.to(processor, non_blocking=True, memory_format=torch.channels_last) / 255
         blurred = blur(sharp, kernel, pad=False)
         sharp = sharp[:, :, margin : margin + cfg.crop_size, margin : margin + cfg.crop_size]
         yield blurred, sharp, vgg_targets(vgg, sharp, amp)
 
 
+WARM_UP = 100  # a folder's learning rate rises over this many steps
+
+
 def learning_rate(cfg, epoch):
-    """For a folder (one image keeps the original's constant lr): a warm-up over the first 100
+    """For a folder (one image keeps the original's constant lr): a warm-up over the first WARM_UP
     steps, then a cosine decay to 0 at num_epochs; without it the loss jumps at lr 5e-4 and up."""
-    warm_up = min(epoch / 100, 1)
+    warm_up = min(epoch / WARM_UP, 1)
     return cfg.lr * warm_up * (1 + math.cos(math.pi * min(epoch / cfg.num_epochs, 1))) / 2
 
 
 def train(cfg, net, vgg, optimizer, scaler, batches, progress, folder=False):
-    """Trains epochs progress.epoch + 1 .. num_epochs on (blurred, sharp, targets) batches;
+    """Trains epochs progress.epoch + 1 .. num_epochs on (blurred, sharp, VGG19 targets) batches;
     returns 'done', 'stopped' or 'diverged'."""
-    device = next(net.parameters()).device
-    amp = amp_dtype_of(cfg, device)
-    mixed = amp != torch.float32
-    losses = compute_losses
-    if cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda"):
-        first = next(batches)  # compiled on the first batch, which then trains as any other
-        losses = compile_or_not(compute_losses, net, (vgg, *first), amp)
-        batches = chain([first], batches)
+    processor = next(net.parameters()).device
+    amp = amp_dtype_of(cfg, processor)
+    no_vgg = torch.zeros((), device=processor)  # the perceptual term without a VGG19
     progress.start(net)
     outcome = "done"
     for epoch in range(progress.epoch + 1, cfg.num_epochs + 1):
@@ -264,8 +242,10 @@ def train(cfg, net, vgg, optimizer, scaler, batches, progress, folder=False):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, epoch)
         # Forward in mixed precision: float16 or bfloat16 where it is safe, float32 where not
-        with torch.autocast(device.type, dtype=amp, enabled=mixed):
-            mse, perceptual = losses(net, vgg, blurred, sharp, target_maps)
+        with torch.autocast(processor.type, dtype=amp, enabled=amp != torch.float32):
+            restored = net(blurred)
+            mse = F.mse_loss(restored, sharp)
+            perceptual = vgg(restored, target_maps) if vgg else no_vgg
             loss = cfg.mse_weight * mse + cfg.perceptual_weight * perceptual
         # Backward; under float16 the loss is scaled up so that small gradients survive
         optimizer.zero_grad(set_to_none=True)
@@ -277,8 +257,9 @@ def train(cfg, net, vgg, optimizer, scaler, batches, progress, folder=False):
         scaler.step(optimizer)
         scaler.update()
         # Every log_every epochs: read the losses, log, checkpoint. Only then does the host wait.
-        if progress.is_due(epoch):
-            outcome = progress.record(epoch, net, optimizer, scaler, (loss, mse, perceptual))
+        due = progress.due(epoch)
+        if due:
+            outcome = progress.record(epoch, due, net, optimizer, scaler, (loss, mse, perceptual))
             if outcome != "running":
                 break
     return outcome
@@ -291,21 +272,6 @@ def train(cfg, net, vgg, optimizer, scaler, batches, progress, folder=False):
 # amplifies the noise.
 WIENER_BALANCE = {"gaussian": 0.03, "motion": 0.1, "defocus": 0.1, "box": 0.3}
 RL_ITERATIONS = {"gaussian": 100, "motion": 20, "defocus": 20, "box": 20}
-
-
-GAUSSIAN_SSIM = {"gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False}
-
-
-def image_quality(image, reference, border=0):
-    """(PSNR in dB, SSIM) of an image in [0, 1] against the reference, leaving out `border` pixels
-    on each side, as deblurring papers do: there the blur mixed in pixels from past the edge."""
-    border = max(0, min(border, (min(image.shape[-2:]) - 11) // 2))  # SSIM's window needs 11x11
-    inside = (..., slice(border, image.shape[-2] - border), slice(border, image.shape[-1] - border))
-    image, reference = image[inside].float().cpu(), reference[inside].float().cpu()
-    # Wang et al.'s SSIM: a Gaussian window of sigma 1.5, the mean over the channels
-    pair = (image[0].numpy(), reference[0].numpy())
-    similarity = structural_similarity(*pair, channel_axis=0, data_range=1.0, **GAUSSIAN_SSIM)
-    return psnr_from_mse(F.mse_loss(image, reference).item()), similarity
 
 
 def deconvolve(blurred, kind, kernel):
@@ -326,9 +292,9 @@ def deconvolve(blurred, kind, kernel):
     return restored
 
 
-def evaluate(net, sharp, blurred, kind, kernel):
-    """{method: (image, PSNR, SSIM)} for the blurred input, the baselines and the network; the
-    metrics leave out a border of the kernel's half-width."""
+def evaluate(net, blurred, sharp, kind, kernel):
+    """{method: Result(image, PSNR, SSIM)} for the blurred input, the baselines and the network;
+    the metrics leave out a border of the kernel's half-width."""
     with torch.no_grad():
         restored = net(blurred).float()
     images = {
@@ -344,79 +310,87 @@ def evaluate(net, sharp, blurred, kind, kernel):
     return results
 
 
-def save_results(out, rows, kernel, progress):
-    """comparison.png and reconstructed_image.jpg; history.csv and training_curves.png."""
-    import matplotlib.pyplot as plt  # a third of a second to import: only when drawing
-    from matplotlib.backends import BackendFilter, backend_registry
-
-    figure, axes = plt.subplots(len(rows), 4, figsize=(20, 5.6 * len(rows)), squeeze=False)
-    for row_axes, row in zip(axes, rows, strict=True):
-        draw_row(row_axes, row, kernel, to_hwc)
-    save_figure(figure, out / "comparison.png")
-    restored = tensor_to_image(rows[0].results["Network"].image)
-    save_image(restored, out / "reconstructed_image.jpg", "JPEG")
-    progress.save_history(rows[0].results)
-    if plt.get_backend() in backend_registry.list_builtin(BackendFilter.INTERACTIVE):
-        plt.show()
-    plt.close("all")
-
-
 # ---- The job
 UNSEEN_SAMPLE = "data/sample.jpg"  # a folder's network is tested on it, and on holdout_path
+CHOICES = {
+    "blur_kind": BLUR_KINDS,
+    "amp_dtype": ("auto", "float16", "bfloat16", "float32"),
+    "torch_compile": ("auto", "on", "off"),
+}
+
+
+def load_test_pairs(cfg, inputs, kernel, processor):
+    """{setting: (blurred, sharp)} tensors of the images to test on; a folder's keep their size."""
+    size = None if Path(cfg.image_path).is_dir() else cfg.image_size
+    pairs = {}
+    for setting, path in inputs.items():
+        images = load_image_pair(
+            path, size, cfg.blur_kind, cfg.blur_radius, cfg.blur_angle, setting
+        )
+        pairs[setting] = tuple(image_to_tensor(image, processor) for image in images)
+        check_blur_fits(kernel, pairs[setting][1], setting)
+    return pairs
+
+
+def training_batches(cfg, photos, pairs, kernel, generator, vgg):
+    """The batches train() learns from: a folder's random crops, or the one pair every epoch, its
+    VGG19 targets computed once."""
+    processor = next(iter(pairs.values()))[0].device
+    amp = amp_dtype_of(cfg, processor)
+    if photos:
+        return folder_batches(photos, kernel, cfg, generator, vgg, amp, processor)
+    blurred, sharp = pairs["image_path"]
+    return repeat((blurred, sharp, vgg_targets(vgg, sharp, amp)))
 
 
 def run(cfg, stop, vgg_weights):
     """Trains on the image, or on crops of a folder's images, then evaluates, reports and saves;
     returns the exit code."""
-    device = pick_device(cfg.device)
+    processor = pick_device(cfg.device)
     out = Path(cfg.output_dir)
     inputs = input_paths(cfg, UNSEEN_SAMPLE)
     folder = Path(cfg.image_path).is_dir()
     kernel = blur_kernel(cfg.blur_kind, cfg.blur_radius, cfg.blur_angle)
+    border = kernel.shape[0] // 2  # the metrics leave out the band the blur mixed past the edge
     checkpoint = read_checkpoint(cfg) if cfg.resume else None  # before anything is written
-    size = None if folder else cfg.image_size  # a folder's tests keep their own size
-    blurring = (cfg.blur_kind, cfg.blur_radius, cfg.blur_angle)
-    pairs = {}
-    for setting, path in inputs.items():
-        images = load_image_pair(path, size, *blurring, setting)
-        pairs[setting] = [image_to_tensor(image, device) for image in images]
-        check_blur_fits(kernel, pairs[setting][0], setting)
-    if folder:  # each image as 8-bit (3, H, W): crops are cut from them, and turned to floats
+    pairs = load_test_pairs(cfg, inputs, kernel, processor)
+    photos = None
+    if folder:  # decoded once, as 8-bit (3, H, W): crops are cut from them, and turned to floats
         photos = read_image_folder(Path(cfg.image_path), cfg.crop_size + kernel.shape[0] - 1)
-        photos = [torch.from_numpy(np.array(photo)).permute(2, 0, 1) for photo in photos]
-    with locked_output_dir(out, inputs, space_needed(cfg.image_size)):
-        net, vgg, optimizer, scaler = make_training(cfg, device, vgg_weights)
-        amp = amp_dtype_of(cfg, device)
-        progress = Progress(cfg, stop)
-        if folder:
-            progress.generator = torch.Generator().manual_seed(cfg.seed)
-            batches = folder_batches(photos, kernel, cfg, progress.generator, vgg, amp, device)
-        else:  # the same pair every epoch; its VGG19 targets computed once
-            sharp, blurred = pairs["image_path"]
-            batches = repeat((blurred, sharp, vgg_targets(vgg, sharp, amp)))
+    net = make_network(cfg, processor)
+    parameters = sum(parameter.numel() for parameter in net.parameters())
+    with locked_output_dir(out, inputs, space_needed(parameters, cfg.image_size)):
+        vgg, optimizer, scaler = make_training(cfg, net, vgg_weights)
+        check_something_to_learn(cfg, vgg is not None)
+        generator = torch.Generator().manual_seed(cfg.seed) if folder else None
+        progress = Progress(cfg, stop, generator)
+        batches = training_batches(cfg, photos, pairs, kernel, generator, vgg)
         if checkpoint:
             restore_training(cfg, *checkpoint, net, optimizer, scaler, progress)
-        sharp, blurred = next(iter(pairs.values()))
-        baseline = image_quality(blurred, sharp, border=kernel.shape[0] // 2)
-        print_plan(cfg, device, amp, vgg is not None, progress, baseline)
+        shown = "sample" if folder else "image_path"  # the first row of the figure
+        blurred, sharp = pairs[shown]
+        amp = amp_dtype_of(cfg, processor)
+        baseline = image_quality(blurred, sharp, border)
+        print_plan(cfg, processor, amp, vgg is not None, progress, baseline, WARM_UP)
+        batches = compiled_on_first_batch(cfg, net, vgg, batches, amp)
         outcome = train(cfg, net, vgg, optimizer, scaler, batches, progress, folder)
 
         net.eval()
         rows = []
-        for setting, (sharp, blurred) in pairs.items():
-            results = evaluate(net, sharp, blurred, cfg.blur_kind, kernel)
+        for setting, (blurred, sharp) in pairs.items():
+            results = evaluate(net, blurred, sharp, cfg.blur_kind, kernel)
             rows.append(Row(LABELS[setting], sharp.cpu(), results))
-        print_summary(rows, border=kernel.shape[0] // 2)
-        save_results(out, rows, kernel, progress)
+        print_summary(rows, border)
+        save_results(out, rows, kernel, progress.history, folder)
     return report_outcome(outcome, progress, SETTINGS)
 
 
 def apply_to_photo(cfg, stop):
     """--apply: the trained network on a photo at the photo's own size, as <name>_deblurred.png."""
-    device = pick_device(cfg.device)
+    processor = pick_device(cfg.device)
     photo_path = input_paths(cfg)["apply"]
-    image = image_to_tensor(read_rgb_image(photo_path, "apply"), device)
-    net = DeblurNet().to(device, memory_format=torch.channels_last).eval()
+    image = image_to_tensor(read_rgb_image(photo_path, "apply"), processor)
+    net = DeblurNet().to(processor, memory_format=torch.channels_last).eval()
     load_weights(net, *read_checkpoint(cfg))
     with photo_output(cfg, photo_path, image) as target:  # never a file the user already has
         starts = in_strips(range(0, image.shape[2], 64), stop, photo_path, image)
@@ -439,7 +413,13 @@ def restore_in_strips(net, image, starts, rows=64):
 
 def main(argv=None, vgg_weights="IMAGENET1K_V1"):
     """Runs the job; returns the exit code. Tests pass vgg_weights=None for a random VGG19."""
-    return run_job(partial(run, vgg_weights=vgg_weights), apply_to_photo, SETTINGS, __file__, argv)
+
+    def job(cfg, stop):
+        if cfg.apply:
+            return apply_to_photo(cfg, stop)
+        return run(cfg, stop, vgg_weights)
+
+    return run_job(job, SETTINGS, CHOICES, __file__, argv)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,12 @@ class VGG19Loss(nn.Module):
         from torchvision.models import vgg19  # imported only when needed: it takes over a second
 
         state = pretrained_state(weights) if weights else None  # first: offline, fail fast
-        vgg = vgg19()
-        if state is not None:
-            vgg.load_state_dict(state)
+        with torch.device("meta"):  # no time and no memory for the classifier, never used
+            vgg = vgg19()
+        if state is None:
+            initialised_as_torchvision_does(vgg.features.to_empty(device="cpu"))
+        else:
+            vgg.load_state_dict(state, assign=True)
         self.features = vgg.features[:27]  # conv1_1 ... conv4_4 and its ReLU
         self.requires_grad_(False)
         self.eval()
@@ -39,12 +42,19 @@ class VGG19Loss(nn.Module):
         return maps
 
     def forward(self, prediction, target):
-        return perceptual_distance(self.feature_maps(prediction), self.feature_maps(target))
+        """The loss; `target` is an image, or its feature_maps (a fixed target's, computed once)."""
+        if torch.is_tensor(target):
+            target = self.feature_maps(target)
+        maps = self.feature_maps(prediction)
+        return sum(F.mse_loss(m, t) for m, t in zip(maps, target, strict=True))
 
 
-def perceptual_distance(maps, target_maps):
-    """The loss itself; apart from forward so that a fixed target's maps can be computed once."""
-    return sum(F.mse_loss(m, t) for m, t in zip(maps, target_maps, strict=True))
+def initialised_as_torchvision_does(features):
+    """Random weights, drawn as torchvision's VGG draws them."""
+    for layer in features:
+        if isinstance(layer, nn.Conv2d):
+            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
 
 
 class WeightsUnavailable(Exception):

@@ -1,15 +1,23 @@
+"""Helpers the test files share, one per job: a test photo, a PNG written by hand, the settings of a
+run of seconds, running Deblur in-process or as a process, and the digests of a user's files."""
+
+import hashlib
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+SCRIPT = [sys.executable, "-u", str(ROOT / "Deblur.py")]
 
 # Every setting a test run uses, given explicitly: a user who edits a settings line in Deblur.py
 # changes what `python Deblur.py` does, never what these tests check.
@@ -31,7 +39,7 @@ TINY = {
     "seed": 0,
     "device": "cpu",
     "amp_dtype": "auto",
-    "compile": "off",
+    "torch_compile": "off",
     "holdout_path": "",
     "resume": "",
     "apply": "",
@@ -62,11 +70,38 @@ def make_photo(size=(48, 40), seed=0):
     return Image.fromarray(pixels.clip(0, 255).astype(np.uint8), "RGB")
 
 
+def save_photo(folder, name="photo.png", size=(48, 40), seed=0, image=None, **options):
+    """`image` (by default a make_photo of `size`) saved as folder/name; returns its path."""
+    path = Path(folder) / name
+    (image or make_photo(size, seed)).save(path, **options)
+    return path
+
+
 @pytest.fixture
 def photo_path(tmp_path):
-    path = tmp_path / "photo.png"
-    make_photo().save(path)
-    return path
+    return save_photo(tmp_path)
+
+
+def png_bytes(width, height, bit_depth=8, rows=b"\0" * 64):
+    """An RGB PNG written by hand: its header says width x height at bit_depth, whatever `rows`
+    (filter byte and pixels, uncompressed) really hold."""
+
+    def chunk(kind, data):
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, 2, 0, 0, 0)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+def digests(folder):
+    """{path below folder: SHA-256} of the files a user has there (the lock is Deblur's)."""
+    found = {}
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.name != ".deblur.lock":
+            found[str(path.relative_to(folder))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
 
 
 def tiny_run_args(image, out, *extra):
@@ -75,16 +110,18 @@ def tiny_run_args(image, out, *extra):
     return ["--image_path", str(image), "--output_dir", str(out), *settings, *extra]
 
 
-def run_script(*args, cwd=None, timeout=120, **popen):
-    env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
+def run_deblur(image, out, *extra, vgg_weights=None):
+    """Deblur.main in this process, as tiny_run_args says; returns the exit code."""
+    import Deblur
+
+    return Deblur.main(tiny_run_args(image, out, *extra), vgg_weights=vgg_weights)
+
+
+def run_script(*args, cwd=None, timeout=120, env=None):
+    """`python Deblur.py ARGS` as a process, with its output captured."""
+    env = {**(env or os.environ), "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
-        [sys.executable, str(ROOT / "Deblur.py"), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        **popen,
+        [*SCRIPT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -113,38 +150,17 @@ class ParallelRuns(dict):
         return self[name]
 
 
-def start_a_long_run(image, out, until):
+def start_a_long_run(image, out, until, *extra):
     """`python Deblur.py` training for 100,000 epochs (a line every 5), read up to the line that
     starts with `until`; the caller stops it."""
-    args = tiny_run_args(image, out, "--num_epochs", "100000", "--log_every", "5")
+    args = tiny_run_args(image, out, "--num_epochs", "100000", "--log_every", "5", *extra)
     process = subprocess.Popen(
-        [sys.executable, "-u", str(ROOT / "Deblur.py"), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        [*SCRIPT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     for line in process.stdout:
         if line.startswith(until):
             break
     return process
-
-
-@pytest.fixture
-def figure_titles(monkeypatch):
-    """{file name: its axes' titles, then its insets' titles} of every figure Deblur.py saves."""
-    import Deblur
-
-    titles = {}
-    real_save = Deblur.save_figure
-
-    def recording_save(figure, path):
-        axes = figure.axes
-        insets = [inset for ax in axes for inset in ax.child_axes]
-        titles[path.name] = [ax.get_title() for ax in [*axes, *insets]]
-        real_save(figure, path)
-
-    monkeypatch.setattr(Deblur, "save_figure", recording_save)
-    return titles
 
 
 def signal_after(prefix, number):
@@ -164,3 +180,52 @@ def signal_after(prefix, number):
         return process.returncode, "".join(seen) + out.decode(), err.decode()
 
     return run
+
+
+@pytest.fixture
+def figure_titles(monkeypatch):
+    """{file name: its axes' titles, then its insets' titles} of every figure Deblur saves."""
+    import results
+
+    titles = {}
+    real_save = results.save_figure
+
+    def recording_save(figure, path):
+        axes = figure.axes
+        insets = [inset for ax in axes for inset in ax.child_axes]
+        titles[path.name] = [ax.get_title() for ax in [*axes, *insets]]
+        real_save(figure, path)
+
+    monkeypatch.setattr(results, "save_figure", recording_save)
+    return titles
+
+
+class Labelled(dict):
+    label = None
+
+
+@pytest.fixture
+def first_clip_norms(monkeypatch):
+    """{label: the gradient norm the first clip of a run saw}; set `.label` before each run."""
+    norms = Labelled()
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def recording_clip(parameters, max_norm, **kwargs):
+        parameters = list(parameters)
+        grads = torch.stack([p.grad.float().norm() for p in parameters])
+        norms.setdefault(norms.label, torch.linalg.vector_norm(grads).item())
+        return real_clip(parameters, max_norm, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+    return norms
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory):
+    """A real checkpoint of a 2-epoch run, as --apply and --resume read them, made once; copy it
+    before changing it."""
+    folder = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MPLBACKEND", "Agg")
+        assert run_deblur(save_photo(folder, "train.png"), folder, "--num_epochs", "2") == 0
+    return folder / "checkpoint.pt"

@@ -1,3 +1,5 @@
+"""PSNR and SSIM, against independent computations."""
+
 import math
 
 import numpy as np
@@ -5,7 +7,10 @@ import pytest
 import torch
 from conftest import ROOT
 
-from Deblur import image_quality, image_to_tensor, load_image_pair, psnr_from_mse
+from Deblur import load_image_pair
+from plumbing.images import image_to_tensor
+from plumbing.progress import psnr_from_mse
+from results import image_quality
 
 
 def reference_ssim(a, b, data_range=1.0, sigma=1.5, size=11):
@@ -51,7 +56,7 @@ def test_known_noise_gives_the_expected_psnr_and_ssim():
 
 
 def test_blurred_sample_baseline_matches_an_independent_computation():
-    sharp_image, blurred_image = load_image_pair(ROOT / "data" / "sample.jpg", 128, radius=5.0)
+    blurred_image, sharp_image = load_image_pair(ROOT / "data" / "sample.jpg", 128, radius=5.0)
     sharp, blurred = (image_to_tensor(i, torch.device("cpu")) for i in (sharp_image, blurred_image))
     psnr, ssim = image_quality(blurred, sharp)
     a = np.asarray(blurred_image, dtype=np.float64).transpose(2, 0, 1) / 255
@@ -59,3 +64,11 @@ def test_blurred_sample_baseline_matches_an_independent_computation():
     assert psnr == pytest.approx(10 * np.log10(1 / np.mean((a - b) ** 2)), abs=1e-3)
     assert ssim == pytest.approx(reference_ssim(a, b), abs=1e-3)
     assert 15 < psnr < 35 and 0.3 < ssim < 0.95
+
+
+def test_image_quality_can_leave_out_a_border():
+    reference = torch.rand(1, 3, 32, 32)
+    image = reference.clone()
+    image[..., :3, :] = 0  # differs only in the top 3 rows
+    assert image_quality(image, reference)[0] < 30
+    assert image_quality(image, reference, border=3)[0] == math.inf

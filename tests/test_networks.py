@@ -1,10 +1,12 @@
+"""The networks: the original DeblurNet, layer by layer."""
+
 import torch
 from torch import nn
 
 from Deblur import DeblurNet
 
 
-def test_layers_are_the_seeds_seven_convolutions_with_tanh_between():
+def test_layers_are_the_originals_seven_convolutions_with_tanh_between():
     layers = list(DeblurNet().main)
     convs = [layer for layer in layers if isinstance(layer, nn.Conv2d)]
     assert [(c.in_channels, c.out_channels) for c in convs] == [

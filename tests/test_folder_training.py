@@ -2,17 +2,16 @@
 
 import math
 import signal
-import struct
-import zlib
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import ROOT, make_photo, tiny_run_args
+from conftest import ROOT, png_bytes, run_deblur, save_photo
 from PIL import Image
 
 import Deblur
-import support
+from plumbing import images
+from plumbing.progress import Progress
 
 FOLDER = ["--crop_size", "16", "--batch_size", "2", "--blur_radius", "2.0"]
 
@@ -22,25 +21,23 @@ def folder(tmp_path):
     path = tmp_path / "train"
     path.mkdir()
     for seed, size in enumerate(((64, 48), (56, 72), (80, 80))):
-        make_photo(size, seed=seed).save(path / f"photo{seed}.png")
+        save_photo(path, f"photo{seed}.png", size, seed)
     return path
 
 
 @pytest.fixture(autouse=True)
 def small_unseen_sample(tmp_path, monkeypatch):
     """The shipped sample is 512x600: its baselines take seconds; a small photo stands in."""
-    sample = tmp_path / "unseen.png"
-    make_photo((40, 36), seed=11).save(sample)
+    sample = save_photo(tmp_path, "unseen.png", (40, 36), seed=11)
     monkeypatch.setattr(Deblur, "UNSEEN_SAMPLE", str(sample))
 
 
 def run(folder, out, *extra):
-    return Deblur.main(tiny_run_args(folder, out, *FOLDER, *extra), vgg_weights=None)
+    return run_deblur(folder, out, *FOLDER, *extra)
 
 
 def test_a_folder_trains_on_crops_and_tests_on_two_unseen_images(folder, tmp_path, capsys):
-    holdout = tmp_path / "holdout.png"
-    make_photo((44, 38), seed=12).save(holdout)
+    holdout = save_photo(tmp_path, "holdout.png", (44, 38), seed=12)
     assert run(folder, tmp_path / "out", "--holdout_path", str(holdout), "--num_epochs", "6") == 0
     out = capsys.readouterr().out
     assert "random 16x16 crops of" in out and "image_size does not apply" in out
@@ -62,16 +59,16 @@ def test_a_folder_trains_on_crops_and_tests_on_two_unseen_images(folder, tmp_pat
 
 def test_a_resumed_folder_run_equals_an_uninterrupted_one(folder, tmp_path, monkeypatch):
     assert run(folder, tmp_path / "whole", "--num_epochs", "8") == 0
-    real_is_due = support.Progress.is_due
+    real_due = Progress.due
 
     def stopped_at_5(progress, epoch):  # as if SIGTERM came during epoch 5
         if epoch == 5:
             progress.stop.signum = signal.SIGTERM
-        return real_is_due(progress, epoch)
+        return real_due(progress, epoch)
 
-    monkeypatch.setattr(support.Progress, "is_due", stopped_at_5)
+    monkeypatch.setattr(Progress, "due", stopped_at_5)
     assert run(folder, tmp_path / "split", "--num_epochs", "8") == 128 + signal.SIGTERM
-    monkeypatch.setattr(support.Progress, "is_due", real_is_due)
+    monkeypatch.setattr(Progress, "due", real_due)
     assert run(folder, tmp_path / "split", "--num_epochs", "8", "--resume") == 0
     whole = torch.load(tmp_path / "whole/checkpoint.pt", weights_only=True)
     split = torch.load(tmp_path / "split/checkpoint.pt", weights_only=True)
@@ -88,7 +85,7 @@ def test_a_folder_warms_the_learning_rate_up_then_decays_it():
     assert Deblur.learning_rate(cfg, 1000) == pytest.approx(0, abs=1e-12)
 
 
-def test_the_seed_decides_the_crops(folder, tmp_path):
+def test_the_seed_setting_decides_the_crops(folder, tmp_path):
     checkpoints = {}
     for name, seed in (("a", "0"), ("b", "0"), ("c", "7")):
         assert run(folder, tmp_path / name, "--seed", seed, "--num_epochs", "2") == 0
@@ -99,17 +96,17 @@ def test_the_seed_decides_the_crops(folder, tmp_path):
     assert not torch.equal(a["crops_generator"], c["crops_generator"])
 
 
-def batches(images):
+def batches(photos):
     cfg = SimpleNamespace(crop_size=8, batch_size=64)
     kernel = Deblur.blur_kernel("gaussian", 1.0)
     generator = torch.Generator().manual_seed(0)
-    device = torch.device("cpu")
-    return Deblur.folder_batches(images, kernel, cfg, generator, None, torch.float32, device)
+    cpu = torch.device("cpu")
+    return Deblur.folder_batches(photos, kernel, cfg, generator, None, torch.float32, cpu)
 
 
 def test_crops_are_blurred_from_a_margin_and_seen_turned_and_mirrored():
     ramp = torch.arange(40, dtype=torch.uint8).expand(3, 40, 40) * 6  # brighter to the right
-    blurred, sharp, targets = next(batches([ramp.contiguous()]))
+    blurred, sharp, targets = next(batches([ramp.contiguous()]))  # (blurred, sharp), always
     assert sharp.shape == blurred.shape == (64, 3, 8, 8) and targets is None
     # Blurring a ramp from real neighbours leaves it a ramp: no edge was blurred against padding
     assert torch.allclose(blurred, sharp, atol=1 / 255 + 1e-6)
@@ -118,24 +115,6 @@ def test_crops_are_blurred_from_a_margin_and_seen_turned_and_mirrored():
     steps = torch.stack([rows, columns], dim=1) * 255
     directions = {tuple(step) for step in steps.round().int().tolist()}
     assert directions == {(0, 6), (0, -6), (6, 0), (-6, 0)}  # all four turns of the ramp
-
-
-def test_image_quality_can_leave_out_a_border():
-    reference = torch.rand(1, 3, 32, 32)
-    image = reference.clone()
-    image[..., :3, :] = 0  # differs only in the top 3 rows
-    assert Deblur.image_quality(image, reference)[0] < 30
-    assert Deblur.image_quality(image, reference, border=3)[0] == math.inf
-
-
-def png_claiming(width, height):
-    def chunk(kind, data):
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
 
 
 def empty(folder):
@@ -147,11 +126,11 @@ def only_text(folder):
 
 
 def only_tiny(folder):
-    make_photo((12, 12)).save(folder / "tiny.png")
+    save_photo(folder, "tiny.png", (12, 12))
 
 
 def one_huge(folder):
-    (folder / "huge.png").write_bytes(png_claiming(20000, 20000))
+    (folder / "huge.png").write_bytes(png_bytes(20000, 20000))
 
 
 @pytest.mark.parametrize(
@@ -177,7 +156,7 @@ def test_a_folder_with_nothing_to_train_on_is_refused_and_nothing_is_written(
 
 
 def test_small_and_unreadable_files_are_skipped_with_a_note(folder, tmp_path, capsys):
-    make_photo((12, 12)).save(folder / "tiny.png")
+    save_photo(folder, "tiny.png", (12, 12))
     (folder / "notes.txt").write_text("not a picture")
     assert run(folder, tmp_path / "out", "--num_epochs", "1") == 0
     out = capsys.readouterr().out
@@ -186,7 +165,7 @@ def test_small_and_unreadable_files_are_skipped_with_a_note(folder, tmp_path, ca
 
 
 def test_a_folder_too_large_to_hold_is_refused_by_name(folder, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(support, "FOLDER_PIXELS", 10_000)
+    monkeypatch.setattr(images, "FOLDER_PIXELS", 10_000)
     assert run(folder, tmp_path / "out") == 2
     assert "hold 0.013504 megapixels, more than the 0.01 that" in capsys.readouterr().err
 

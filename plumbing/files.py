@@ -1,0 +1,164 @@
+"""Safe files: writes that replace a file only once complete, the output folder's lock, the room a
+run needs, names that never overwrite a user's file, and what killed runs left behind.
+"""
+
+import errno
+import os
+import shutil
+from contextlib import contextmanager, suppress
+from itertools import count
+from pathlib import Path
+
+from plumbing.errors import DeblurError, first_line, note
+
+CHECKPOINT = "checkpoint.pt"
+OUTPUTS = ("comparison.png", "reconstructed_image.jpg", "history.csv", "training_curves.png")
+
+
+def space_needed(parameters, image_size):
+    """Bytes a run writes at most: two checkpoints (during a save) of the float32 weights and
+    Adam's two moments, and the outputs."""
+    return 2 * 3 * 4 * parameters + 16 * image_size**2 + 2**24
+
+
+@contextmanager
+def locked_output_dir(out, inputs, needed):
+    """Creates `out`, checks it can hold the results without overwriting an input, and holds an
+    exclusive lock on it while the body runs: a second run in the same folder is refused, naming
+    this one's PID. Temporary files that killed runs left behind are removed."""
+    lock_path = out / ".deblur.lock"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        # Never through a symbolic link: that would truncate whatever file it points to
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise DeblurError(
+                f"{lock_path} is a symbolic link; remove it (Deblur writes its PID there)"
+            ) from None
+        raise DeblurError(
+            f"cannot create files in output_dir {out} ({e.strerror}); use another --output_dir"
+        ) from None
+    with open(descriptor, "r+", encoding="utf-8") as lock:
+        free = shutil.disk_usage(out).free
+        if free < needed:
+            raise DeblurError(
+                f"output_dir {out} has only {free // 2**20} MB free; this run needs about "
+                f"{needed // 2**20 + 1} MB (free some space or pass another --output_dir)"
+            )
+        outputs = {(out / name).resolve() for name in (*OUTPUTS, CHECKPOINT)}
+        for setting, path in inputs.items():
+            if path.resolve() in outputs:
+                raise DeblurError(
+                    f"--{setting} {path} has the name of an output in output_dir {out} and would "
+                    f"be overwritten; rename or move it, or pass another --output_dir"
+                )
+        take_lock(lock, out)
+        remove_stale_partials(out)
+        yield
+
+
+def take_lock(lock, out):
+    try:
+        if os.name == "nt":
+            import msvcrt
+
+            lock.seek(2**30)  # a byte far past the PID, which another run must still read
+            msvcrt.locking(lock.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        raise DeblurError(
+            f"another Deblur run (PID {lock.read().strip() or '?'}) is using output_dir {out}; "
+            f"wait for it to end, or pass another --output_dir"
+        ) from None
+    lock.seek(0)
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+
+
+def remove_stale_partials(out):
+    """With the lock held no other run writes here: a .NAME.PID.partial file of a process that
+    is gone is what a killed run left half-written."""
+    removed = 0
+    for path in out.glob(".*.partial"):
+        pid = path.name.split(".")[-2]
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
+            removed += path.stat().st_size
+            path.unlink()
+    if removed:
+        note(f"removed the temporary files of killed runs from {out} ({removed / 2**20:.1f} MB)")
+
+
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, under another user
+        return True
+    return True
+
+
+@contextmanager
+def atomic_path(path):
+    """Yields a temporary path, unique to this process, that replaces `path` only once fully
+    written. Its name is cut short enough for any file system."""
+    temporary = path.with_name(f".{path.name[:200]}.{os.getpid()}.partial")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        reason = getattr(e, "strerror", None) or first_line(e)
+        raise DeblurError(f"could not write {path}: {reason}; nothing was replaced", 1) from None
+    finally:
+        with suppress(OSError):  # never hide the error above under one about the cleanup
+            temporary.unlink(missing_ok=True)
+
+
+def save_image(image, path, format):
+    with atomic_path(path) as temporary:
+        image.save(temporary, format=format, quality=95)
+
+
+def save_figure(figure, path):
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
+
+
+def save_text(text, path):
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+
+
+def first_free_name(path):
+    """path itself if free, else the first free name among path.1.suffix, path.2.suffix, ..."""
+    candidate = path
+    for number in count(1):
+        if not candidate.exists():
+            return candidate
+        candidate = path.with_name(f"{path.stem}.{number}{path.suffix}")
+
+
+@contextmanager
+def photo_output(cfg, photo_path, image):
+    """--apply's output: yields output_dir/<name>_deblurred.png, or the first free
+    <name>_deblurred.N.png (a file the user has is never replaced), with output_dir locked and
+    room for a PNG of the photo's raw size; says where it went."""
+    out = Path(cfg.output_dir)
+    height, width = image.shape[-2:]
+    with locked_output_dir(out, {}, 4 * width * height + 2**20):
+        wanted = out / f"{photo_path.stem[:200]}_deblurred.png"
+        target = first_free_name(wanted)
+        if target != wanted:
+            note(f"{wanted.name} exists already and is kept; writing {target.name}")
+        yield target
+    print(
+        f"Deblurred {photo_path} at its own size, {width}x{height} (the network is "
+        f"convolutional, so any size works; it undoes blur of the pixel size it was trained "
+        f"on): {target}"
+    )

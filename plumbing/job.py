@@ -1,0 +1,144 @@
+"""The job around a run: stop requests from signals, output that never fails the run, and the one
+place where errors become exit codes. What the run does is Deblur.py's.
+"""
+
+import io
+import os
+import signal
+import sys
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from plumbing.command_line import parse_settings
+from plumbing.errors import DeblurError, Stopped
+
+STOP_SIGNALS = [
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+]
+
+
+class StopRequest:
+    """Set by the first Ctrl-C, SIGTERM or SIGHUP; read by the run at its next safe point."""
+
+    def __init__(self):
+        self.signum = None
+
+
+def signal_name(signum):
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+def stop_after_this_step(stop):
+    """A signal handler: the first Ctrl-C, SIGTERM or SIGHUP asks the job to stop at the next safe
+    point (after this training step, between two strips); a second one quits at once."""
+
+    def request(signum, frame):
+        if stop.signum is not None:
+            raise KeyboardInterrupt
+        stop.signum = signum
+        print(f"\n{signal_name(signum)}: stopping safely (again: quit at once)", file=sys.stderr)
+
+    return request
+
+
+class Unfailing(io.TextIOBase):
+    """stdout or stderr that never fails the run: when its reader goes away (a closed pipe, a
+    full disk, a closed descriptor), the run goes on, saying so once on the other stream, and
+    what it prints is dropped."""
+
+    def __init__(self, stream, descriptor, other):
+        self.stream, self.descriptor, self.other = stream, descriptor, other
+
+    def write(self, text):
+        self.guarded("write", text)
+        if "\n" in text:  # progress shows at once, even through a pipe
+            self.flush()
+        return len(text)
+
+    def flush(self):
+        self.guarded("flush")
+
+    def guarded(self, method, *args):
+        if self.stream is None:
+            return
+        try:
+            getattr(self.stream, method)(*args)
+        except (OSError, ValueError) as e:  # ValueError: the stream was closed
+            self.stream = None
+            point_at_devnull(self.descriptor)
+            with suppress(OSError, ValueError):
+                print(f"Note: output lost ({e}); the run goes on and saves", file=self.other)
+
+
+def point_at_devnull(descriptor):
+    """A closed or broken descriptor 1 or 2 gets /dev/null, so that nothing else (a checkpoint
+    opened later, say) takes its number and receives what was meant for the screen."""
+    with suppress(OSError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        if null != descriptor:
+            os.dup2(null, descriptor)
+            os.close(null)
+
+
+@contextmanager
+def unfailing_output():
+    previous = sys.stdout, sys.stderr
+    for descriptor, stream in ((1, sys.stdout), (2, sys.stderr)):
+        if stream is None:  # started with the descriptor closed (>&-)
+            point_at_devnull(descriptor)
+    sys.stdout = Unfailing(previous[0], 1, previous[1])
+    sys.stderr = Unfailing(previous[1], 2, previous[0])
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = previous
+
+
+def run_job(job, settings, choices, script, argv):
+    """Parses the settings and runs job(cfg, stop), with stop requests caught; returns the exit
+    code. Every failure the user can act on ends in one line on stderr, without a traceback."""
+    stop = StopRequest()
+    cfg = None
+    handler = stop_after_this_step(stop)
+    previous = {number: signal.signal(number, handler) for number in STOP_SIGNALS}
+    with unfailing_output():
+        try:
+            cfg = parse_settings(settings, choices, script, argv)
+            return job(cfg, stop)
+        except DeblurError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return e.exit_code
+        except Stopped as e:
+            print(e, file=sys.stderr)
+            return 128 + e.signum
+        except KeyboardInterrupt:
+            print("Interrupted.", file=sys.stderr)
+            return 128 + (stop.signum or signal.SIGINT)
+        except (MemoryError, RuntimeError) as e:
+            if not is_out_of_memory(e):
+                raise
+            print(
+                f"error: out of memory {smaller_run(cfg or SimpleNamespace(**settings))}",
+                file=sys.stderr,
+            )
+            return 1
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+
+def is_out_of_memory(error):
+    # PyTorch's CPU allocator says so only in its message: a plain RuntimeError
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    return "can't allocate memory" in str(error)
+
+
+def smaller_run(cfg):
+    """What to make smaller after running out of memory, for one image or a folder."""
+    if Path(cfg.image_path).is_dir():
+        return f"with --batch_size {cfg.batch_size}; try a smaller --batch_size"
+    return f"at image_size {cfg.image_size}; try --image_size {cfg.image_size // 2}"

@@ -1,0 +1,218 @@
+"""What a run says and keeps as it goes: the plan, a log line and a history row every log_every
+epochs, the checkpoint on time, the end; and --apply's strips. No figure is drawn here.
+"""
+
+import math
+import sys
+from datetime import timedelta
+from functools import cached_property
+from pathlib import Path
+from time import perf_counter
+from typing import NamedTuple
+
+import torch
+
+from plumbing.checkpoints import HISTORY_COLUMNS, file_digest, save_checkpoint
+from plumbing.command_line import resume_command
+from plumbing.device import cpu_has_fast_bfloat16
+from plumbing.errors import DeblurError, Stopped, note, warn
+from plumbing.files import CHECKPOINT, OUTPUTS, save_text
+from plumbing.job import signal_name
+
+QUICK_LOOK = "--image_size 80 --num_epochs 1000 --lr 0.001"
+
+
+class Due(NamedTuple):
+    """What an epoch that is not like the others has to do."""
+
+    logs: bool
+    saves: bool
+    final: bool  # the last epoch, or the one a stop request ends
+    stopping: bool
+
+
+class Progress:
+    """The run's epoch, time and history, and the bookkeeping the training loop does every log_every
+    epochs: read the losses (the only time the host waits for the device), check them, log, write
+    history.csv and the checkpoint, and stop when asked. `generator` draws a folder's crops: its
+    state goes into the checkpoint, so that a resumed run is the uninterrupted one."""
+
+    def __init__(self, cfg, stop, generator=None):
+        self.cfg, self.stop, self.generator = cfg, stop, generator
+        self.out = Path(cfg.output_dir)
+        self.epoch = 0
+        self.elapsed = 0.0
+        self.history = []
+        self.ours = False  # whether output_dir/checkpoint.pt is this run's (else it is kept aside)
+        self.checkpoint_owed = False  # a checkpoint write failed: try again at the next log
+        self.last_good = None  # the last weights known to be finite
+        self.diverged_at = None
+        self.timer_epoch = 0
+        self.timer = perf_counter()
+
+    @cached_property
+    def image_digest(self):
+        """The training image's SHA-256, kept in the checkpoint: a changed image is not resumed."""
+        return file_digest(Path(self.cfg.image_path))
+
+    def start(self, net):
+        self.last_good = snapshot(net)
+        self.timer_epoch = self.epoch
+        self.timer = perf_counter()
+
+    def due(self, epoch):
+        """What this epoch must do besides its step (log, checkpoint, end), or None."""
+        stopping = self.stop.signum is not None  # read once: a later signal waits a step
+        final = epoch == self.cfg.num_epochs or stopping
+        logs = epoch % self.cfg.log_every == 0 or final
+        saves = epoch % self.cfg.checkpoint_every == 0 or final
+        if logs or saves:
+            return Due(logs, saves, final, stopping)
+        return None
+
+    def record(self, epoch, due, net, optimizer, scaler, losses):
+        """Returns 'running', 'done', 'stopped' or 'diverged' (the last finite weights restored)."""
+        values = [loss.item() for loss in losses]
+        weights = snapshot(net)
+        finite = torch.stack([w.isfinite().all() for w in weights.values()]).all()
+        if not all(map(math.isfinite, values)) or not finite:
+            net.load_state_dict(self.last_good)  # results come from the last weights known finite
+            self.diverged_at = epoch
+            return "diverged"
+        self.last_good = weights
+        now = perf_counter()
+        rate = (epoch - self.timer_epoch) / (now - self.timer)
+        self.epoch = epoch
+        self.elapsed += now - self.timer
+        self.timer_epoch = epoch
+        self.timer = now
+        if due.logs:
+            self.log(values, rate)
+            self.try_to_write(due, write_history, self.out / "history.csv", self.history)
+        if due.saves or self.checkpoint_owed:
+            checkpoint = (self.out / CHECKPOINT, net, optimizer, scaler, self)
+            self.checkpoint_owed = not self.try_to_write(due, save_checkpoint, *checkpoint)
+        if due.stopping:
+            return "stopped"
+        return "done" if epoch == self.cfg.num_epochs else "running"
+
+    def try_to_write(self, due, write, *args):
+        """A write that fails mid-run (a briefly full disk, say) is a warning: training goes on
+        and the next log or checkpoint epoch tries again. Only the final one is an error."""
+        try:
+            write(*args)
+            return True
+        except DeblurError as e:
+            if due.final:
+                raise
+            warn(f"{e}; training goes on, and tries again at the next log or checkpoint")
+            return False
+
+    def log(self, values, rate):
+        total, mse, perceptual = values
+        psnr = psnr_from_mse(mse)
+        remaining = (self.cfg.num_epochs - self.epoch) / rate
+        self.history.append([self.epoch, total, mse, perceptual, psnr, self.elapsed])
+        print(
+            f"Epoch {self.epoch}, Total Loss: {total:.6f}, MSE: {mse:.6f}, "
+            f"Perceptual: {perceptual:.6f}, PSNR: {psnr:.2f} dB, {rate:.1f} epochs/s, "
+            f"elapsed {hms(self.elapsed)}, ETA {hms(remaining)}"
+        )
+        if len(self.history) == 1 and remaining > 3600:
+            print(
+                "A long run: Ctrl-C stops it cleanly, --resume continues. "
+                f"A quick look: python Deblur.py {QUICK_LOOK}"
+            )
+
+
+def write_history(path, history):
+    lines = [",".join(HISTORY_COLUMNS)]
+    for row in history:
+        lines.append(",".join(map(str, row)))
+    save_text("\n".join(lines) + "\n", path)
+
+
+def psnr_from_mse(mse):
+    """PSNR in dB of images in [0, 1] whose mean squared error is `mse`."""
+    return 10 * math.log10(1 / mse) if mse > 0 else math.inf
+
+
+def snapshot(net):
+    return {name: tensor.detach().clone() for name, tensor in net.state_dict().items()}
+
+
+def hms(seconds):
+    return str(timedelta(seconds=round(seconds)))
+
+
+def print_plan(cfg, processor, amp, perceptual, progress, baseline, warm_up):
+    """The run's plan: what it trains on, how, and the blurred image's quality to beat."""
+    psnr, ssim = baseline
+    blur = f"{cfg.blur_kind} blur of radius {cfg.blur_radius}"
+    print(f"Using device: {processor}")
+    if Path(cfg.image_path).is_dir():
+        print(
+            f"Images: random {cfg.crop_size}x{cfg.crop_size} crops of {cfg.image_path}, "
+            f"{cfg.batch_size} a step, turned and mirrored at random, at their own size "
+            f"(image_size does not apply); {blur}; lr warmed up over {warm_up} steps, then a "
+            f"cosine decay. The unseen sample, blurred: PSNR {psnr:.2f} dB, SSIM {ssim:.4f}"
+        )
+    else:
+        print(
+            f"Image: {cfg.image_path} at {cfg.image_size}x{cfg.image_size}, {blur}; blurred PSNR "
+            f"{psnr:.2f} dB, SSIM {ssim:.4f}"
+        )
+    print(
+        f"Training epochs {progress.epoch + 1} to {cfg.num_epochs}, AMP {str(amp)[6:]}, loss "
+        f"{cfg.mse_weight}*MSE + {cfg.perceptual_weight if perceptual else 0}*VGG19 perceptual, "
+        f"lr {cfg.lr}"
+    )
+    if amp == torch.float16 and processor.type == "cpu":
+        note("float16 on a CPU is emulated and far slower than --amp_dtype auto")
+    if amp == torch.bfloat16 and processor.type == "cpu" and not cpu_has_fast_bfloat16():
+        note("this CPU has no AVX-512: bfloat16 is emulated, about 20x slower than float32")
+
+
+def report_outcome(outcome, progress, defaults):
+    """Says how training ended and where the results are; returns the exit code."""
+    cfg, stop = progress.cfg, progress.stop
+    if outcome == "diverged":
+        print(
+            f"error: the loss became NaN or infinite by epoch {progress.diverged_at}, so training "
+            f"stopped; results are from epoch {progress.epoch}'s weights, the last good ones, and "
+            f"the last good checkpoint was kept. lr {cfg.lr} is probably too high: "
+            f"try --lr {cfg.lr / 10:g}",
+            file=sys.stderr,
+        )
+        return 1
+    out = Path(cfg.output_dir).resolve()
+    print(f"Results are in {out}: {', '.join(OUTPUTS)} and {CHECKPOINT}")
+    if outcome == "stopped":
+        print(
+            f"Training stopped early at epoch {progress.epoch} of {cfg.num_epochs}. "
+            f"To continue: {resume_command(cfg, defaults)}"
+        )
+    if stop.signum is None:
+        return 0
+    if outcome == "done":  # the signal came after training: the results were finished first
+        print(f"{signal_name(stop.signum)} came after training had finished: all is saved")
+    return 128 + stop.signum
+
+
+def in_strips(starts, stop, photo_path, image):
+    """Yields each strip's first row; says the size and, after the first strip, the time it will
+    take, then how far it is every 10 seconds. A stop request ends it between strips."""
+    height, width = image.shape[-2:]
+    print(f"Deblurring {photo_path}: {width}x{height} pixels, in {len(starts)} strips")
+    began = reported = perf_counter()
+    for done, start in enumerate(starts):
+        if stop.signum is not None:
+            raise Stopped(f"{signal_name(stop.signum)}: stopped; nothing was written", stop.signum)
+        yield start
+        now = perf_counter()
+        left = (now - began) / (done + 1) * (len(starts) - done - 1)
+        if done == 0 and left > 10:
+            print(f"The first strip took {now - began:.1f} s: about {hms(left)} to go")
+        elif now - reported > 10 and done + 1 < len(starts):
+            print(f"{done + 1} of {len(starts)} strips, about {hms(left)} to go")
+            reported = now

@@ -1,0 +1,117 @@
+"""Reading a user's image: every mode and format Pillow reads becomes 8-bit RGB, said so."""
+
+import errno
+
+import numpy as np
+import pytest
+from conftest import ROOT, make_photo, run_deblur, save_photo
+from PIL import Image, features
+
+from Deblur import load_image_pair
+from plumbing import images
+from plumbing.images import resolve_image_path
+
+
+def sharp_of(path, size=32):
+    return load_image_pair(path, size, radius=1)[1]
+
+
+def test_grayscale_image_is_converted_to_rgb(tmp_path, capsys):
+    sharp = sharp_of(save_photo(tmp_path, image=make_photo().convert("L")))
+    pixels = np.asarray(sharp)
+    assert sharp.mode == "RGB" and np.array_equal(pixels[..., 0], pixels[..., 2])
+    assert "converted it from L to RGB" in capsys.readouterr().out
+
+
+def test_transparent_pixels_are_composited_on_white(tmp_path, capsys):
+    image = make_photo().convert("RGBA")
+    image.putalpha(0)
+    assert np.all(np.asarray(sharp_of(save_photo(tmp_path, image=image))) == 255)
+    assert "composited it on white" in capsys.readouterr().out
+
+
+def test_16_bit_greyscale_is_rescaled_not_clipped(tmp_path):
+    ramp = (np.linspace(0, 65535, 48 * 48).reshape(48, 48)).astype(np.uint16)
+    path = save_photo(tmp_path, image=Image.fromarray(ramp))
+    assert Image.open(path).mode.startswith("I")
+    pixels = np.asarray(sharp_of(path, 48))[..., 0]
+    assert pixels.min() == 0 and pixels.max() == 255 and len(np.unique(pixels)) > 200
+
+
+def test_exif_orientation_is_applied_before_resizing(tmp_path, capsys):
+    image = Image.new("RGB", (40, 20), "black")
+    image.paste((255, 0, 0), (0, 0, 20, 20))  # red on the left as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    path = save_photo(tmp_path, "rotated.jpg", image=image, exif=exif, quality=95)
+    sharp = load_image_pair(path, 32, radius=0)[1]
+    top, bottom = np.asarray(sharp)[2, 16], np.asarray(sharp)[29, 16]
+    assert top[0] > 200 > bottom[0]  # displayed upright, the red half is on top
+    assert "EXIF orientation" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "size, words, not_words",
+    [
+        ((10, 12), ["10x12", "stretching it: it will look soft", "not keeping its aspect"], []),
+        ((1, 4000), ["1x4000", "stretching it", "not keeping its aspect ratio"], ["upscal"]),
+        ((64, 64), [], ["resized"]),
+    ],
+    ids=["small and not square", "a line of pixels", "square and large enough"],
+)
+def test_resizing_is_announced_as_it_is(tmp_path, capsys, size, words, not_words):
+    assert sharp_of(save_photo(tmp_path, size=size)).size == (32, 32)
+    out = capsys.readouterr().out
+    assert all(word in out for word in words) and not any(word in out for word in not_words), out
+
+
+def test_relative_image_path_is_found_next_to_the_script(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert resolve_image_path("data/sample.jpg") == ROOT / "data" / "sample.jpg"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "sample.jpg").write_bytes(b"")
+    assert resolve_image_path("data/sample.jpg") == type(ROOT)("data/sample.jpg")
+
+
+def exif_rotated(folder):
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    return save_photo(folder, "rotated.jpg", exif=exif)
+
+
+GOOD_INPUTS = {
+    "greyscale L": lambda d: save_photo(d, "l.png", image=make_photo().convert("L")),
+    "palette P": lambda d: save_photo(d, "p.png", image=make_photo().convert("P")),
+    "RGBA": lambda d: save_photo(d, "rgba.png", image=make_photo().convert("RGBA")),
+    "LA": lambda d: save_photo(d, "la.png", image=make_photo().convert("LA")),
+    "CMYK JPEG": lambda d: save_photo(d, "cmyk.jpg", image=make_photo().convert("CMYK")),
+    "16-bit PNG": lambda d: save_photo(
+        d, "i16.png", image=make_photo().convert("L").convert("I;16")
+    ),
+    "EXIF orientation": exif_rotated,
+    "BMP": lambda d: save_photo(d, "photo.bmp"),
+    "TIFF": lambda d: save_photo(d, "photo.tiff"),
+    "WebP": lambda d: save_photo(d, "photo.webp", lossless=True),
+    "non-square": lambda d: save_photo(d, "wide.png", size=(90, 30)),
+    "very small": lambda d: save_photo(d, "small.png", size=(8, 8)),
+}
+
+
+@pytest.mark.parametrize("kind", GOOD_INPUTS)
+def test_inputs_that_must_work_become_a_32_pixel_rgb_pair(tmp_path, kind):
+    if kind == "WebP" and not features.check("webp"):
+        pytest.skip("this Pillow was built without WebP")
+    blurred, sharp = load_image_pair(GOOD_INPUTS[kind](tmp_path), 32)
+    assert blurred.mode == sharp.mode == "RGB"
+    assert blurred.size == sharp.size == (32, 32)
+    assert np.asarray(sharp).std() > 0  # a picture, not a blank
+
+
+def test_unreadable_file_is_refused(photo_path, tmp_path, monkeypatch, capsys):
+    # Root reads any file whatever its mode bits, so the refusal itself is simulated.
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(images.Image, "open", denied)
+    assert run_deblur(photo_path, tmp_path) == 2
+    assert f"cannot read {photo_path}: [Errno 13] Permission denied" in capsys.readouterr().err

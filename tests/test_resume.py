@@ -1,0 +1,142 @@
+"""Checkpoints and --resume: a resumed run is the uninterrupted one, earlier checkpoints are kept,
+and a checkpoint that is not one, or of another problem, is refused before anything runs."""
+
+import pytest
+import torch
+from conftest import run_deblur, save_photo
+
+
+def checkpoint_of(out):
+    return torch.load(out / "checkpoint.pt", weights_only=True)
+
+
+def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(photo_path, tmp_path, capsys):
+    common = ("--perceptual_weight", "0.1", "--checkpoint_every", "3")
+    assert run_deblur(photo_path, tmp_path / "whole", "--num_epochs", "8", *common) == 0
+    assert run_deblur(photo_path, tmp_path / "split", "--num_epochs", "5", *common) == 0
+    assert run_deblur(photo_path, tmp_path / "split", "--num_epochs", "8", "--resume", *common) == 0
+    assert "resuming with num_epochs = 8" in capsys.readouterr().out
+    whole, split = checkpoint_of(tmp_path / "whole"), checkpoint_of(tmp_path / "split")
+    assert split["epoch"] == whole["epoch"] == 8
+    for name, tensor in whole["model"].items():
+        assert torch.equal(tensor, split["model"][name]), name
+    logged = {row[0]: row[:5] for row in split["history"]}  # the split run also logged epoch 5
+    assert [logged[row[0]] for row in whole["history"]] == [row[:5] for row in whole["history"]]
+
+
+def test_fresh_runs_keep_every_earlier_checkpoint_under_a_new_number(photo_path, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"an earlier run's checkpoint")
+    (out / "checkpoint.1.pt").write_bytes(b"an even earlier run's checkpoint")
+    assert run_deblur(photo_path, out) == 0
+    assert "was kept as checkpoint.2.pt" in capsys.readouterr().out
+    assert (out / "checkpoint.1.pt").read_bytes() == b"an even earlier run's checkpoint"
+    assert (out / "checkpoint.2.pt").read_bytes() == b"an earlier run's checkpoint"
+    assert checkpoint_of(out)["epoch"] == 4
+
+
+def test_resume_with_another_image_size_is_refused_by_name(photo_path, tmp_path, capsys):
+    assert run_deblur(photo_path, tmp_path) == 0
+    assert run_deblur(photo_path, tmp_path, "--image_size", "48", "--resume") == 2
+    assert "it was trained with image_size = 32, not 48" in capsys.readouterr().err
+
+
+def test_resume_with_a_new_learning_rate_is_allowed_and_said(photo_path, tmp_path, capsys):
+    assert run_deblur(photo_path, tmp_path) == 0
+    assert run_deblur(photo_path, tmp_path, "--num_epochs", "6", "--lr", "0.001", "--resume") == 0
+    out = capsys.readouterr().out
+    assert "resuming with lr = 0.001 (the checkpoint used 0.0001)" in out and "Resumed from" in out
+    assert checkpoint_of(tmp_path)["optimizer"]["param_groups"][0]["lr"] == 0.001
+
+
+def test_resume_may_switch_between_bfloat16_and_float16_with_a_grad_scaler(
+    photo_path, tmp_path, capsys
+):
+    assert run_deblur(photo_path, tmp_path, "--num_epochs", "1", "--amp_dtype", "bfloat16") == 0
+    args = ("--num_epochs", "2", "--amp_dtype", "float16", "--resume")
+    assert run_deblur(photo_path, tmp_path, *args) == 0
+    assert checkpoint_of(tmp_path)["scaler"]["scale"] > 0
+    args = ("--num_epochs", "3", "--amp_dtype", "bfloat16", "--resume", "--log_every", "1")
+    assert run_deblur(photo_path, tmp_path, *args) == 0
+    message = "resuming with amp_dtype = 'bfloat16' (the checkpoint used 'float16')"
+    assert message in capsys.readouterr().out
+
+
+def test_an_image_changed_since_the_checkpoint_is_not_resumed(photo_path, tmp_path, capsys):
+    assert run_deblur(photo_path, tmp_path / "out", "--num_epochs", "1") == 0
+    save_photo(tmp_path, seed=7)  # another picture, the same name
+    assert run_deblur(photo_path, tmp_path / "out", "--resume") == 2
+    assert "has changed since it was trained on" in capsys.readouterr().err
+
+
+def test_a_mistyped_resume_folder_is_not_created(photo_path, tmp_path, capsys):
+    typo = tmp_path / "rnus" / "a"
+    assert run_deblur(photo_path, typo, "--resume") == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+    assert not (tmp_path / "rnus").exists()
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_crafted_pickle_checkpoint_is_refused_without_running_it(photo_path, tmp_path, capsys):
+    marker = tmp_path / "payload-ran"
+    torch.save({"model": Payload(marker)}, tmp_path / "checkpoint.pt")
+    assert run_deblur(photo_path, tmp_path, "--resume") == 2
+    message = "not a Deblur checkpoint, or is damaged; nothing in it was run"
+    assert message in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def with_a_nan_weight(checkpoint):
+    checkpoint["model"]["main.0.weight"][0, 0, 0, 0] = float("nan")
+
+
+def of_another_architecture(checkpoint):
+    checkpoint["model"]["main.0.weight"] = torch.zeros(32, 3, 3, 3)
+
+
+HAND_MADE = {
+    "no history": (lambda c: c.update(history=None), "not a Deblur checkpoint"),
+    "a fractional epoch": (lambda c: c.update(epoch=2.5), "not a Deblur checkpoint"),
+    "a short history row": (lambda c: c.update(history=[[1, 2]]), "not a Deblur checkpoint"),
+    "elapsed NaN": (lambda c: c.update(elapsed=float("nan")), "not a Deblur checkpoint"),
+    "a NaN weight": (with_a_nan_weight, "holds NaN weights (its run diverged)"),
+    "another architecture": (of_another_architecture, "different network architecture"),
+}
+
+
+@pytest.mark.parametrize("case", HAND_MADE)
+def test_a_hand_made_checkpoint_is_refused_before_training(
+    trained_checkpoint, tmp_path, capsys, case
+):
+    change, message = HAND_MADE[case]
+    checkpoint = torch.load(trained_checkpoint, weights_only=True)  # as a user's script might
+    change(checkpoint)
+    torch.save(checkpoint, tmp_path / "hand.pt")
+    photo = trained_checkpoint.parent / "train.png"  # the image it was trained on
+    args = ("--resume", str(tmp_path / "hand.pt"), "--num_epochs", "3")
+    assert run_deblur(photo, tmp_path / "out", *args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"not a checkpoint at all", {"weights": [1, 2, 3]}, [1, 2, 3]],
+    ids=["bytes", "another dict", "a list"],
+)
+def test_files_that_are_not_checkpoints_are_refused(photo_path, tmp_path, capsys, content):
+    path = tmp_path / "other.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    assert run_deblur(photo_path, tmp_path, "--resume", str(path)) == 2
+    assert "is not a Deblur checkpoint" in capsys.readouterr().err
