@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import ImageFilter
-from skimage import restoration
+from scipy.fft import next_fast_len
 from torch import nn
 from torch.nn import functional as F
 
 from PerceptualLoss import load_vgg19_loss
-from plumbing.checkpoints import load_weights, read_checkpoint, restore_training
+from plumbing.checkpoints import load_weights, read_checkpoint, restore_training, trained_settings
 from plumbing.command_line import check_something_to_learn, settings_in
-from plumbing.device import compiled_on_first_batch, cpu_has_fast_bfloat16, pick_device
+from plumbing.device import amp_dtype_for, compiled_on_first_batch, pick_device
 from plumbing.files import locked_output_dir, photo_output, save_image, space_needed
 from plumbing.images import (
     check_blur_fits,
@@ -30,11 +30,21 @@ from plumbing.images import (
     read_rgb_image,
     resized,
     tensor_to_image,
-    to_hwc,
 )
 from plumbing.job import run_job
 from plumbing.progress import Progress, in_strips, print_plan, report_outcome
-from results import LABELS, Result, Row, image_quality, print_summary, save_results
+from results import (
+    WIENER_BALANCE,
+    image_quality,
+    print_summary,
+    richardson_lucy,
+    row_of,
+    save_results,
+    transfer_function,
+    wiener,
+    wiener_reach,
+)
+from UNet import UNet
 
 # ---- Settings: edit a line, or override it for one run: python Deblur.py --num_epochs 300
 image_path = "data/sample.jpg"  # the training image, or a folder of them (see crop_size)
@@ -47,7 +57,8 @@ blur_angle = 0.0  # direction of a motion blur, in degrees anticlockwise from ho
 num_epochs = 20000  # one optimisation step on the single image pair per epoch
 lr = 0.0001  # Adam learning rate
 weight_decay = 1e-5  # Adam weight decay (L2 regularisation)
-mse_weight = 1.0  # weight of the pixel-wise MSE loss
+mse_weight = 1.0  # weight of the pixel-wise loss (MSE, or L1: see pixel_loss)
+pixel_loss = "mse"  # the pixel-wise loss: mse (the original's) or l1, which sharpens less eagerly
 perceptual_weight = 0.1  # weight of the VGG19 perceptual loss; 0 skips loading VGG19 at all
 max_grad_norm = 1.0  # gradients are clipped to this norm
 log_every = 10  # print a progress line and a history.csv row every this many epochs (and the last)
@@ -56,6 +67,8 @@ seed = 0  # seeds the network's initialisation: same seed and settings, same res
 device = "auto"  # auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps
 amp_dtype = "auto"  # auto (float16 on CUDA, bfloat16 on a CPU with AVX-512, else float32) or one
 torch_compile = "auto"  # torch.compile the network and VGG19: auto (on CUDA only), on or off
+model = "deblurnet"  # the network: deblurnet (the original's) or unet (UNet.py, sees 105x105 px)
+restore_from = "blurred"  # what the network restores: the blurred image, or wiener (deconvolved)
 holdout_path = "data/holdout.jpg"  # a second image, never trained on, to test on; '' skips it
 output_dir = "."  # where results, history.csv and checkpoint.pt are written (created if missing)
 resume = ""  # '' starts afresh; auto (or a bare --resume): output_dir/checkpoint.pt; or a path
@@ -76,13 +89,18 @@ def load_image_pair(path, size, kind="gaussian", radius=5.0, angle=0.0, setting=
 
 
 def blur(images, kernel, pad=True):
-    """Each channel convolved with the kernel (a grouped convolution, on the images' device), the
-    edges replicated as Pillow's filters do, or with pad=False none: the result is then smaller by
-    the kernel's width - 1. Rounded to 8 bits, as a saved image is."""
-    weight = torch.as_tensor(kernel, dtype=images.dtype, device=images.device)
+    """Each channel convolved with the kernel (by FFT, on the images' device), the edges replicated
+    as Pillow's filters do, or with pad=False none: the result is then smaller by the kernel's
+    width - 1, all of it from real pixels. Rounded to 8 bits, as a saved image is."""
+    half = kernel.shape[0] // 2
     if pad:
-        images = F.pad(images, [kernel.shape[0] // 2] * 4, mode="replicate")
-    return (F.conv2d(images, weight.expand(3, 1, -1, -1), groups=3) * 255).round() / 255
+        images = F.pad(images, [half] * 4, mode="replicate")
+    height, width = images.shape[-2:]
+    size = (next_fast_len(height), next_fast_len(width))  # zeros past the end: a faster FFT
+    transfer = transfer_function(kernel, size, images.device)
+    blurred = torch.fft.irfft2(torch.fft.rfft2(images.float(), s=size) * transfer, s=size)
+    blurred = blurred[..., half : height - half, half : width - half]  # none of it wrapped
+    return (blurred * 255).round().contiguous(memory_format=torch.channels_last) / 255
 
 
 BLUR_KINDS = ("gaussian", "motion", "defocus", "box")
@@ -120,7 +138,7 @@ def pillow_gaussian_1d(radius):
     return np.convolve(np.convolve(box, box), box)
 
 
-# ---- Model
+# ---- Model: the original's DeblurNet, or the U-Net in UNet.py (model = "unet"), and its input
 class DeblurNet(nn.Module):
     """Seven 3x3 convolutions, 3-64-128-256-256-128-64-3, Tanh between them, residual, sigmoid."""
 
@@ -149,36 +167,45 @@ class DeblurNet(nn.Module):
         return torch.sigmoid(self.main(x) + x)
 
 
-def make_network(cfg, processor):
-    torch.manual_seed(cfg.seed)  # the same seed, the same initial weights
-    return DeblurNet().to(processor, memory_format=torch.channels_last)
+MODELS = {"deblurnet": DeblurNet, "unet": UNet}
 
 
-# ---- Loss: mse_weight x MSE + perceptual_weight x VGG19 distance, summed in the training loop
+def make_network(name, seed, processor):
+    torch.manual_seed(seed)  # the same seed, the same initial weights
+    return MODELS[name]().to(processor, memory_format=torch.channels_last)
+
+
+# What the network is given. The first step's regulariser is a tenth of Wiener's own best
+# (results.py): sharper and noisier, and the network removes noise better than it restores detail
+# (docs/quick-look.md: a tenth beat a third on both unseen photos)
+FIRST_STEP_BALANCE = {kind: balance / 10 for kind, balance in WIENER_BALANCE.items()}
+
+
+def first_step(blurred, kernel, cfg, pad=True):
+    """What the network restores (its input): the blurred image, as in the original, or Wiener's
+    deconvolution of it, whose leftovers (ringing, lost fine detail) the network learns to mend."""
+    if cfg.restore_from == "wiener":
+        return wiener(blurred, kernel, FIRST_STEP_BALANCE[cfg.blur_kind], pad)
+    return blurred
+
+
+def input_margin(cfg, kernel):
+    """The margin the network's input needs around the pixels it restores: wiener_reach, rounded
+    up to a multiple of 16, so that a crop with it is a size the FFT computes fast."""
+    return -(-wiener_reach(kernel) // 16) * 16 if cfg.restore_from == "wiener" else 0
+
+
+# ---- Loss: mse_weight x MSE (or L1) + perceptual_weight x VGG19 distance, in the training loop
 def vgg_targets(vgg, sharp, amp):
     """The sharp images' VGG19 features: the fixed side of the perceptual loss (None: no VGG)."""
     if vgg is None:
         return None
-    with (
-        torch.no_grad(),
-        torch.autocast(sharp.device.type, dtype=amp, enabled=amp != torch.float32),
-    ):
+    mixed = amp != torch.float32
+    with torch.no_grad(), torch.autocast(sharp.device.type, dtype=amp, enabled=mixed):
         return vgg.feature_maps(sharp)
 
 
 # ---- Training: one step per epoch, on the image pair or on a batch of a folder's crops
-def amp_dtype_of(cfg, processor):
-    """float16 on CUDA (with a GradScaler); bfloat16 on a CPU that computes it natively (no scaler
-    needed); else float32, which such a CPU computes many times faster than emulated bfloat16."""
-    if cfg.amp_dtype != "auto":
-        return getattr(torch, cfg.amp_dtype)
-    if processor.type == "cuda":
-        return torch.float16
-    if processor.type == "cpu" and cpu_has_fast_bfloat16():
-        return torch.bfloat16
-    return torch.float32
-
-
 def make_training(cfg, net, vgg_weights):
     """The perceptual loss (None for MSE only), Adam and the gradient scaler for `net`."""
     processor = next(net.parameters()).device
@@ -187,16 +214,17 @@ def make_training(cfg, net, vgg_weights):
     # Fused Adam: one kernel for all tensors, and no host sync for a GradScaler's skipped steps
     fused = processor.type in ("cuda", "cpu")
     adam = torch.optim.Adam(net.parameters(), cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
-    float16 = amp_dtype_of(cfg, processor) == torch.float16
+    float16 = amp_dtype_for(cfg.amp_dtype, processor) == torch.float16
     return vgg, adam, torch.amp.GradScaler(processor.type, enabled=float16)
 
 
 def folder_batches(images, kernel, cfg, generator, vgg, amp, processor):
     """Every step, batch_size random crops of the folder's images, each turned by a random multiple
-    of 90 degrees and maybe mirrored (augmentation: 8 views of every crop), as (blurred, sharp,
-    VGG19 targets). Each crop is cut with a margin of the kernel's half-width and blurred without
-    padding, so that no edge is blurred against made-up pixels."""
-    margin = kernel.shape[0] // 2
+    of 90 degrees and maybe mirrored (augmentation: 8 views of every crop), as (network input,
+    sharp, VGG19 targets). Each is cut with margins, so that neither the blur nor the Wiener step
+    sees a made-up edge: the blur needs the kernel's half-width, Wiener its input_margin."""
+    blur_margin = kernel.shape[0] // 2
+    margin = blur_margin + input_margin(cfg, kernel)
     size = cfg.crop_size + 2 * margin
     while True:
         crops = []
@@ -213,9 +241,11 @@ def folder_batches(images, kernel, cfg, generator, vgg, amp, processor):
             crops = crops.pin_memory()
         # Blurred on the device, where the convolution is fast: only 8-bit crops cross over
         sharp = crops.to(processor, non_blocking=True, memory_format=torch.channels_last) / 255
-        blurred = blur(sharp, kernel, pad=False)
+        inputs = first_step(blur(sharp, kernel, pad=False), kernel, cfg, pad=False)
+        inner = margin - blur_margin  # the blur took blur_margin off each side
+        inputs = inputs[:, :, inner : inner + cfg.crop_size, inner : inner + cfg.crop_size]
         sharp = sharp[:, :, margin : margin + cfg.crop_size, margin : margin + cfg.crop_size]
-        yield blurred, sharp, vgg_targets(vgg, sharp, amp)
+        yield inputs, sharp, vgg_targets(vgg, sharp, amp)
 
 
 WARM_UP = 100  # a folder's learning rate rises over this many steps
@@ -229,24 +259,25 @@ def learning_rate(cfg, epoch):
 
 
 def train(cfg, net, vgg, optimizer, scaler, batches, progress, folder=False):
-    """Trains epochs progress.epoch + 1 .. num_epochs on (blurred, sharp, VGG19 targets) batches;
-    returns 'done', 'stopped' or 'diverged'."""
+    """Trains epochs progress.epoch + 1 .. num_epochs on (network input, sharp, VGG19 targets)
+    batches; returns 'done', 'stopped' or 'diverged'."""
     processor = next(net.parameters()).device
-    amp = amp_dtype_of(cfg, processor)
+    amp = amp_dtype_for(cfg.amp_dtype, processor)
     no_vgg = torch.zeros((), device=processor)  # the perceptual term without a VGG19
     progress.start(net)
     outcome = "done"
     for epoch in range(progress.epoch + 1, cfg.num_epochs + 1):
-        blurred, sharp, target_maps = next(batches)
+        inputs, sharp, target_maps = next(batches)  # inputs: the blurred crops, or Wiener's
         if folder:  # one image keeps the original's constant lr
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, epoch)
         # Forward in mixed precision: float16 or bfloat16 where it is safe, float32 where not
         with torch.autocast(processor.type, dtype=amp, enabled=amp != torch.float32):
-            restored = net(blurred)
-            mse = F.mse_loss(restored, sharp)
+            restored = net(inputs)
+            mse = F.mse_loss(restored, sharp)  # logged, as its PSNR, whatever the pixel loss
+            pixel = F.l1_loss(restored, sharp) if cfg.pixel_loss == "l1" else mse
             perceptual = vgg(restored, target_maps) if vgg else no_vgg
-            loss = cfg.mse_weight * mse + cfg.perceptual_weight * perceptual
+            loss = cfg.mse_weight * pixel + cfg.perceptual_weight * perceptual
         # Backward; under float16 the loss is scaled up so that small gradients survive
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -267,52 +298,28 @@ def train(cfg, net, vgg, optimizer, scaler, batches, progress, folder=False):
 
 # ---- Results: the network against the blurred input and two classical deconvolutions
 
-# Chosen per blur kind on the sample at 128 and 512 px (benchmarks/tune_baselines.py). Iterations
-# are Richardson-Lucy's regulariser: on a kernel whose spectrum has zeros it first sharpens, then
-# amplifies the noise.
-WIENER_BALANCE = {"gaussian": 0.03, "motion": 0.1, "defocus": 0.1, "box": 0.3}
-RL_ITERATIONS = {"gaussian": 100, "motion": 20, "defocus": 20, "box": 20}
 
-
-def deconvolve(blurred, kind, kernel):
-    """Non-blind Wiener and Richardson-Lucy deconvolution with the known kernel, per channel."""
-    pad = kernel.shape[0]  # both assume what lies past the border: give them the edge, crop it
-    padding = ((pad, pad), (pad, pad), (0, 0))
-    image = np.pad(to_hwc(blurred).astype(np.float64), padding, mode="edge")
-    methods = {
-        "Wiener": partial(restoration.wiener, psf=kernel, balance=WIENER_BALANCE[kind]),
-        "Richardson–Lucy": partial(
-            restoration.richardson_lucy, psf=kernel, num_iter=RL_ITERATIONS[kind]
-        ),
-    }
-    restored = {}
-    for name, method in methods.items():
-        channels = np.stack([method(image[..., c]) for c in range(3)])[:, pad:-pad, pad:-pad]
-        restored[name] = torch.from_numpy(channels)[None].float().clamp(0, 1)
-    return restored
-
-
-def evaluate(net, blurred, sharp, kind, kernel):
-    """{method: Result(image, PSNR, SSIM)} for the blurred input, the baselines and the network;
-    the metrics leave out a border of the kernel's half-width."""
+def evaluate(net, setting, blurred, sharp, cfg, kernel):
+    """The comparison's Row for the test image of `setting`: the blurred input, the classical
+    deconvolutions with the known kernel and the network, each with its PSNR and SSIM (leaving out
+    a border of the kernel's half-width)."""
     with torch.no_grad():
-        restored = net(blurred).float()
+        restored = net(first_step(blurred, kernel, cfg)).float()
     images = {
-        "Blurred": blurred.cpu(),
-        **deconvolve(blurred, kind, kernel),
-        "Network": restored.cpu(),
+        "Blurred": blurred,
+        "Wiener": wiener(blurred, kernel, WIENER_BALANCE[cfg.blur_kind]),
+        "Richardson–Lucy": richardson_lucy(blurred, kernel, cfg.blur_kind),
+        "Network": restored,
     }
-    sharp = sharp.cpu()
-    results = {}
-    for name, image in images.items():
-        psnr, ssim = image_quality(image, sharp, border=kernel.shape[0] // 2)
-        results[name] = Result(image, psnr, ssim)
-    return results
+    return row_of(setting, images, sharp, border=kernel.shape[0] // 2)
 
 
 # ---- The job
 UNSEEN_SAMPLE = "data/sample.jpg"  # a folder's network is tested on it, and on holdout_path
 CHOICES = {
+    "model": tuple(MODELS),
+    "pixel_loss": ("mse", "l1"),
+    "restore_from": ("blurred", "wiener"),
     "blur_kind": BLUR_KINDS,
     "amp_dtype": ("auto", "float16", "bfloat16", "float32"),
     "torch_compile": ("auto", "on", "off"),
@@ -334,13 +341,13 @@ def load_test_pairs(cfg, inputs, kernel, processor):
 
 def training_batches(cfg, photos, pairs, kernel, generator, vgg):
     """The batches train() learns from: a folder's random crops, or the one pair every epoch, its
-    VGG19 targets computed once."""
+    first step and VGG19 targets computed once."""
     processor = next(iter(pairs.values()))[0].device
-    amp = amp_dtype_of(cfg, processor)
-    if photos:
+    amp = amp_dtype_for(cfg.amp_dtype, processor)
+    if generator:  # a folder's
         return folder_batches(photos, kernel, cfg, generator, vgg, amp, processor)
     blurred, sharp = pairs["image_path"]
-    return repeat((blurred, sharp, vgg_targets(vgg, sharp, amp)))
+    return repeat((first_step(blurred, kernel, cfg), sharp, vgg_targets(vgg, sharp, amp)))
 
 
 def run(cfg, stop, vgg_weights):
@@ -354,72 +361,63 @@ def run(cfg, stop, vgg_weights):
     border = kernel.shape[0] // 2  # the metrics leave out the band the blur mixed past the edge
     checkpoint = read_checkpoint(cfg) if cfg.resume else None  # before anything is written
     pairs = load_test_pairs(cfg, inputs, kernel, processor)
-    photos = None
-    if folder:  # decoded once, as 8-bit (3, H, W): crops are cut from them, and turned to floats
-        photos = read_image_folder(Path(cfg.image_path), cfg.crop_size + kernel.shape[0] - 1)
-    net = make_network(cfg, processor)
+    photos = {Path(cfg.image_path): None}  # the one training image, or a folder's, decoded once
+    if folder:  # as 8-bit (3, H, W): crops are cut from them, and turned to floats
+        smallest = cfg.crop_size + 2 * (kernel.shape[0] // 2 + input_margin(cfg, kernel))
+        photos = read_image_folder(Path(cfg.image_path), smallest, inputs)
+    net = make_network(cfg.model, cfg.seed, processor)
     parameters = sum(parameter.numel() for parameter in net.parameters())
-    with locked_output_dir(out, inputs, space_needed(parameters, cfg.image_size)):
+    read = [*inputs.values(), *photos]  # none of them may be overwritten by a result
+    with locked_output_dir(out, read, space_needed(parameters, cfg.image_size)):
         vgg, optimizer, scaler = make_training(cfg, net, vgg_weights)
         check_something_to_learn(cfg, vgg is not None)
         generator = torch.Generator().manual_seed(cfg.seed) if folder else None
-        progress = Progress(cfg, stop, generator)
-        batches = training_batches(cfg, photos, pairs, kernel, generator, vgg)
+        progress = Progress(cfg, stop, generator, trained_on=list(photos))
+        batches = training_batches(cfg, list(photos.values()), pairs, kernel, generator, vgg)
         if checkpoint:
             restore_training(cfg, *checkpoint, net, optimizer, scaler, progress)
         shown = "sample" if folder else "image_path"  # the first row of the figure
         blurred, sharp = pairs[shown]
-        amp = amp_dtype_of(cfg, processor)
+        amp = amp_dtype_for(cfg.amp_dtype, processor)
         baseline = image_quality(blurred, sharp, border)
         print_plan(cfg, processor, amp, vgg is not None, progress, baseline, WARM_UP)
+        progress.watch(first_step(blurred, kernel, cfg), sharp, border)  # for progress.png
         batches = compiled_on_first_batch(cfg, net, vgg, batches, amp)
         outcome = train(cfg, net, vgg, optimizer, scaler, batches, progress, folder)
 
         net.eval()
-        rows = []
-        for setting, (blurred, sharp) in pairs.items():
-            results = evaluate(net, blurred, sharp, cfg.blur_kind, kernel)
-            rows.append(Row(LABELS[setting], sharp.cpu(), results))
+        rows = [evaluate(net, setting, *pair, cfg, kernel) for setting, pair in pairs.items()]
         print_summary(rows, border)
-        save_results(out, rows, kernel, progress.history, folder)
+        beside = "Wiener" if cfg.restore_from == "wiener" else "Richardson–Lucy"
+        save_results(out, rows, kernel, progress, folder, beside)
     return report_outcome(outcome, progress, SETTINGS)
 
 
 def apply_to_photo(cfg, stop):
-    """--apply: the trained network on a photo at the photo's own size, as <name>_deblurred.png."""
+    """--apply: the trained network, after its first step, on a photo at the photo's own size, in
+    strips of rows (memory stays small), as output_dir/<name>_deblurred.png."""
     processor = pick_device(cfg.device)
     photo_path = input_paths(cfg)["apply"]
-    image = image_to_tensor(read_rgb_image(photo_path, "apply"), processor)
-    net = DeblurNet().to(processor, memory_format=torch.channels_last).eval()
-    load_weights(net, *read_checkpoint(cfg))
-    with photo_output(cfg, photo_path, image) as target:  # never a file the user already has
-        starts = in_strips(range(0, image.shape[2], 64), stop, photo_path, image)
-        restored = restore_in_strips(net, image, starts)
+    blurred = image_to_tensor(read_rgb_image(photo_path, "apply"), processor)
+    path, checkpoint = read_checkpoint(cfg)
+    trained = trained_settings(checkpoint)  # its network, its first step and the blur it undoes
+    net = make_network(trained.model, 0, processor).eval()
+    load_weights(net, path, checkpoint)
+    kernel = blur_kernel(trained.blur_kind, trained.blur_radius, trained.blur_angle)
+    margin = net.REACH + input_margin(trained, kernel)  # what a strip's rows depend on
+    with photo_output(cfg, photo_path, blurred) as target:  # never a file the user already has
+        restored = torch.empty_like(blurred)
+        with torch.no_grad():
+            for rows, strip, inside in in_strips(blurred, margin, stop, photo_path):
+                restored[:, :, rows] = net(first_step(strip, kernel, trained))[:, :, inside]
         save_image(tensor_to_image(restored), target, "PNG")
     return 0
 
 
-def restore_in_strips(net, image, starts, rows=64):
-    """The network on strips of `rows` rows, to bound the memory; a margin of REACH rows on each
-    side makes every strip exactly what the whole image would give."""
-    restored = torch.empty_like(image)
-    with torch.no_grad():
-        for top in starts:
-            start = max(top - DeblurNet.REACH, 0)
-            strip = net(image[:, :, start : top + rows + DeblurNet.REACH])
-            restored[:, :, top : top + rows] = strip[:, :, top - start :][:, :, :rows]
-    return restored
-
-
 def main(argv=None, vgg_weights="IMAGENET1K_V1"):
     """Runs the job; returns the exit code. Tests pass vgg_weights=None for a random VGG19."""
-
-    def job(cfg, stop):
-        if cfg.apply:
-            return apply_to_photo(cfg, stop)
-        return run(cfg, stop, vgg_weights)
-
-    return run_job(job, SETTINGS, CHOICES, __file__, argv)
+    train = partial(run, vgg_weights=vgg_weights)
+    return run_job(train, apply_to_photo, SETTINGS, CHOICES, __file__, argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Times Deblur's training step against a naive step written as the seed README describes.
+"""Times Deblur's training step against a naive step written as the original README describes.
 
     python benchmarks/bench_train.py                       # 128, 256 and 512 px; updates RESULTS.md
     python benchmarks/bench_train.py --sizes 128 --repeats 3 --no-write
@@ -11,7 +11,6 @@ random weights (the speed is the same as with the pretrained ones, and no downlo
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
 import re
@@ -27,7 +26,6 @@ from types import SimpleNamespace
 # Compile time is measured cold, as a user's first run sees it.
 os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
@@ -36,8 +34,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import Deblur  # noqa: E402
-import support  # noqa: E402
-from PerceptualLoss import VGG19Loss, perceptual_distance  # noqa: E402
+from PerceptualLoss import VGG19Loss  # noqa: E402
+from plumbing.command_line import parse_settings  # noqa: E402
+from plumbing.device import amp_dtype_for, compiled_on_first_batch, pick_device  # noqa: E402
+from plumbing.images import image_to_tensor, read_image_folder  # noqa: E402
+from plumbing.progress import Progress  # noqa: E402
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 SCRATCH = Path(
@@ -54,21 +55,19 @@ def sync(device):
 
 def setup(size, device, seed=0):
     """The sample image pair at `size` and freshly seeded models, as Deblur.py builds them."""
-    sharp_image, blurred_image = Deblur.load_image_pair(
+    blurred_image, sharp_image = Deblur.load_image_pair(
         ROOT / "data" / "sample.jpg", size, radius=Deblur.blur_radius
     )
     torch.manual_seed(seed)
     net, vgg = Deblur.DeblurNet().to(device), VGG19Loss(weights=None).to(device)
-    to = [
-        Deblur.image_to_tensor(image, device).contiguous() for image in (sharp_image, blurred_image)
-    ]
+    to = [image_to_tensor(image, device).contiguous() for image in (sharp_image, blurred_image)]
     return net, vgg, *to
 
 
 def naive_step(
     net, vgg, sharp, blurred, device, channels_last=False, target_once=False, fused=False
 ):
-    """The seed's step: NCHW, target features recomputed every step, default autocast, a GradScaler.
+    """The original's step: NCHW, target features recomputed every step, autocast, a GradScaler.
 
     The flags switch on one optimisation at a time, for the ablation.
     """
@@ -93,11 +92,7 @@ def naive_step(
         with torch.autocast(device.type):
             output = net(blurred)
             mse = F.mse_loss(output, sharp)
-            perceptual = (
-                perceptual_distance(vgg.feature_maps(output), target_maps)
-                if target_once
-                else vgg(output, sharp)
-            )
+            perceptual = vgg(output, target_maps if target_once else sharp)
             loss = Deblur.mse_weight * mse + Deblur.perceptual_weight * perceptual
         optimizer.zero_grad()
         scaler.scale(loss).backward()
@@ -114,16 +109,21 @@ def deblur_step(sharp, blurred, device, compiled):
     """Deblur.py's own training loop, one epoch per call, built by its own make_training from the
     settings lines' defaults. The time is the one train() measures itself (the history's seconds
     column), which leaves out the checkpoint it writes at each call's last epoch."""
-    settings = ["--compile", "on" if compiled else "off", "--output_dir", str(SCRATCH)]
-    cfg = support.parse_settings(Deblur.SETTINGS, Deblur.__file__, settings)
-    net, vgg, optimizer, scaler = Deblur.make_training(cfg, device, None)  # seeded as setup() seeds
+    settings = ["--torch_compile", "on" if compiled else "off", "--output_dir", str(SCRATCH)]
+    cfg = deblur_settings(settings)
+    net = Deblur.make_network(cfg.model, cfg.seed, device)  # seeded as setup() seeds
+    vgg, optimizer, scaler = Deblur.make_training(cfg, net, None)
     sharp, blurred = (t.contiguous(memory_format=torch.channels_last) for t in (sharp, blurred))
-    progress = support.Progress(cfg, SimpleNamespace(signum=None))
+    progress = Progress(cfg, SimpleNamespace(signum=None))
     progress.ours = True
-
-    amp = Deblur.amp_dtype_of(cfg, device)
+    amp = amp_dtype_for(cfg.amp_dtype, device)
     batches = repeat((blurred, sharp, Deblur.vgg_targets(vgg, sharp, amp)))
+    batches = compiled_on_first_batch(cfg, net, vgg, batches, amp)
     return train_one_epoch(cfg, net, vgg, optimizer, scaler, batches, progress), net
+
+
+def deblur_settings(argv):
+    return parse_settings(Deblur.SETTINGS, Deblur.CHOICES, Deblur.__file__, argv)
 
 
 def train_one_epoch(cfg, net, vgg, optimizer, scaler, batches, progress, folder=False):
@@ -139,58 +139,59 @@ def train_one_epoch(cfg, net, vgg, optimizer, scaler, batches, progress, folder=
     return step
 
 
+FOLDER_VARIANTS = {
+    "DeblurNet": ["--model", "deblurnet"],
+    "U-Net": ["--model", "unet"],
+    "U-Net after Wiener": ["--model", "unet", "--restore_from", "wiener"],
+}
+
+
 def folder_benchmark(args, device):
-    """Folder mode's step (batch_size crops of crop_size, from data/train) against single-image
-    mode's on one image of the same pixel count, both through Deblur's train(), and the share of
-    the folder step spent making its batch (cropping, turning, moving, blurring)."""
-    settings = ["--compile", "off", "--output_dir", str(SCRATCH)]
-    cfg = support.parse_settings(Deblur.SETTINGS, Deblur.__file__, settings)
-    side = math.isqrt(cfg.batch_size * cfg.crop_size**2)
-    kernel = Deblur.blur_kernel(cfg.blur_kind, cfg.blur_radius)
-    amp = Deblur.amp_dtype_of(cfg, device)
-    smallest = cfg.crop_size + kernel.shape[0] - 1
-    photos = []
-    for photo in support.read_image_folder(ROOT / "data" / "train", smallest):
-        photos.append(torch.from_numpy(np.array(photo)).permute(2, 0, 1))
-    seconds = {}
-    for mode in ("single image", "folder"):
-        net, vgg, optimizer, scaler = Deblur.make_training(cfg, device, None)
-        progress = support.Progress(cfg, SimpleNamespace(signum=None))
+    """Folder mode's step (batch_size crops of crop_size, from data/train) for each network, and
+    after the Wiener step, through Deblur's own train(), MSE only: pixels a second, and the share
+    of the step spent making its batch (cropping, turning, moving, blurring, deconvolving). With
+    --folder_batch and --folder_crop, the recipe's batches instead of the settings' defaults."""
+    rows = {}
+    for name, choice in FOLDER_VARIANTS.items():
+        extra = ["--batch_size", str(args.folder_batch), "--crop_size", str(args.folder_crop)]
+        settings = ["--torch_compile", "off", "--perceptual_weight", "0", *extra, *choice]
+        cfg = deblur_settings([*settings, "--output_dir", str(SCRATCH)])
+        kernel = Deblur.blur_kernel(cfg.blur_kind, cfg.blur_radius)
+        amp = amp_dtype_for(cfg.amp_dtype, device)
+        smallest = cfg.crop_size + 2 * (kernel.shape[0] // 2 + Deblur.input_margin(cfg, kernel))
+        photos = list(read_image_folder(ROOT / "data" / "train", smallest).values())
+        net = Deblur.make_network(cfg.model, cfg.seed, device)
+        _, optimizer, scaler = Deblur.make_training(cfg, net, None)
+        generator = torch.Generator().manual_seed(0)
+        progress = Progress(cfg, SimpleNamespace(signum=None), generator)
         progress.ours = True
-        if mode == "folder":
-            generator = torch.Generator().manual_seed(0)
-            batches = Deblur.folder_batches(photos, kernel, cfg, generator, vgg, amp, device)
-        else:
-            _, _, sharp, blurred = setup(side, device)
-            batches = repeat((blurred, sharp, Deblur.vgg_targets(vgg, sharp, amp)))
-        step = train_one_epoch(
-            cfg, net, vgg, optimizer, scaler, batches, progress, mode == "folder"
-        )
+        batches = Deblur.folder_batches(photos, kernel, cfg, generator, None, amp, device)
+        step = train_one_epoch(cfg, net, None, optimizer, scaler, batches, progress, folder=True)
         for _ in range(args.warmup):
             step()
         times = []
         for _ in range(args.repeats):
             step()
             times.append(step.seconds)
-        seconds[mode] = statistics.median(times)
-    generator = torch.Generator().manual_seed(0)
-    making = Deblur.folder_batches(photos, kernel, cfg, generator, None, amp, device)
-    next(making)
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(20):
+        making = Deblur.folder_batches(photos, kernel, cfg, generator, None, amp, device)
         next(making)
-    sync(device)
-    batch_seconds = (time.perf_counter() - start) / 20
-    pixels = side * side
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(10):
+            next(making)
+        sync(device)
+        rows[name] = (statistics.median(times), (time.perf_counter() - start) / 10)
+    pixels = args.folder_batch * args.folder_crop**2
+    print(f"{machine(device)}; {args.folder_batch} crops of {args.folder_crop}x{args.folder_crop}")
+    for name, (seconds, batch_seconds) in rows.items():
+        print(
+            f"  {name}: {seconds * 1000:.0f} ms/step, {pixels / seconds / 1e3:.0f} kpixels/s, "
+            f"making the batch {batch_seconds * 1000:.1f} ms ({batch_seconds / seconds:.1%})"
+        )
+    wiener = rows["U-Net after Wiener"][1] - rows["U-Net"][1]
     print(
-        f"{machine(device)}; {pixels} pixels a step (one {side}x{side} image, or "
-        f"{cfg.batch_size} crops of {cfg.crop_size}x{cfg.crop_size}), VGG19 term on:"
+        f"  the Wiener step: {wiener * 1000:.1f} ms, {wiener / rows['U-Net after Wiener'][0]:.1%}"
     )
-    for mode, value in seconds.items():
-        print(f"  {mode}: {value * 1000:.0f} ms/step, {pixels / value / 1e3:.0f} kpixels/s")
-    share = batch_seconds / seconds["folder"]
-    print(f"  making the batch: {batch_seconds * 1000:.1f} ms, {share:.1%} of the folder step")
 
 
 def build(variant, size, device):
@@ -447,13 +448,13 @@ def main():
     parser.add_argument(
         "--memory-probe", nargs=2, metavar=("VARIANT", "SIZE"), help=argparse.SUPPRESS
     )
-    parser.add_argument(
-        "--folder", action="store_true", help="folder mode against single-image mode"
-    )
+    parser.add_argument("--folder", action="store_true", help="folder mode, for each network")
+    parser.add_argument("--folder_batch", type=int, default=Deblur.batch_size)
+    parser.add_argument("--folder_crop", type=int, default=Deblur.crop_size)
     args = parser.parse_args()
     if args.memory_probe:
         return memory_probe(args.memory_probe[0], int(args.memory_probe[1]))
-    device = Deblur.pick_device("auto")
+    device = pick_device("auto")
     if args.folder:
         return folder_benchmark(args, device)
     if args.ablation:

@@ -15,40 +15,37 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import Deblur  # noqa: E402
+import results  # noqa: E402
+from plumbing.images import image_to_tensor  # noqa: E402
 
 ITERATIONS = (10, 20, 30, 50, 100, 200)
 BALANCES = (0.003, 0.01, 0.03, 0.1, 0.3)
 
 
+def scores(kind, size):
+    """{setting: PSNR} of Wiener at each balance and Richardson-Lucy at each iteration count."""
+    pair = Deblur.load_image_pair(ROOT / "data" / "sample.jpg", size, kind, 5.0, 0.0)
+    blurred, sharp = (image_to_tensor(image, "cpu") for image in pair)
+    kernel = Deblur.blur_kernel(kind, 5.0, 0.0)
+    found = {"blurred": results.image_quality(blurred, sharp)[0]}
+    for balance in BALANCES:
+        restored = Deblur.wiener(blurred, kernel, balance)
+        found[f"Wiener {balance}"] = results.image_quality(restored, sharp)[0]
+    tuned = results.RL_ITERATIONS[kind]
+    for iterations in ITERATIONS:
+        results.RL_ITERATIONS[kind] = iterations
+        restored = results.richardson_lucy(blurred, kernel, kind)
+        found[f"RL {iterations}"] = results.image_quality(restored, sharp)[0]
+    results.RL_ITERATIONS[kind] = tuned
+    return found
+
+
 def main():
-    original = dict(Deblur.RL_ITERATIONS), dict(Deblur.WIENER_BALANCE)
     for size in (128, 512):
-        for kind in ("gaussian", "motion", "defocus", "box"):
-            sharp, blurred = (
-                Deblur.image_to_tensor(image, "cpu")
-                for image in Deblur.load_image_pair(
-                    ROOT / "data" / "sample.jpg", size, kind, 5.0, 0.0
-                )
-            )
-            kernel = Deblur.blur_kernel(kind, 5.0, 0.0)
-            scores = {}
-            for iterations, balance in zip(ITERATIONS, BALANCES + (BALANCES[-1],), strict=True):
-                Deblur.RL_ITERATIONS[kind], Deblur.WIENER_BALANCE[kind] = iterations, balance
-                restored = Deblur.deconvolve(blurred, kind, kernel)
-                scores[f"RL {iterations}"] = Deblur.image_quality(
-                    restored["Richardson–Lucy"], sharp
-                )[0]
-                scores[f"Wiener {balance}"] = Deblur.image_quality(restored["Wiener"], sharp)[0]
-            blurred_psnr = Deblur.image_quality(blurred, sharp)[0]
-            print(
-                f"{size} px {kind:8s} blurred {blurred_psnr:5.2f} dB | "
-                + "  ".join(
-                    f"{name} {psnr:.2f}"
-                    for name, psnr in sorted(scores.items(), key=lambda s: s[0][0])
-                ),
-                flush=True,
-            )
-            Deblur.RL_ITERATIONS.update(original[0]), Deblur.WIENER_BALANCE.update(original[1])
+        for kind in Deblur.BLUR_KINDS:
+            found = scores(kind, size)
+            described = "  ".join(f"{name} {psnr:.2f}" for name, psnr in found.items())
+            print(f"{size} px {kind:8s} {described}", flush=True)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,14 @@ POSITIVE = (
     "crop_size",
     "batch_size",
 )
+# Past these no run could finish, or fit in memory
+AT_MOST = {
+    "num_epochs": 10**9,
+    "log_every": 10**9,
+    "checkpoint_every": 10**9,
+    "crop_size": 4096,
+    "batch_size": 4096,
+}
 NOT_NEGATIVE = ("blur_radius", "weight_decay", "mse_weight", "perceptual_weight")
 
 
@@ -79,6 +87,9 @@ def check_settings(cfg):
     for name in POSITIVE:
         if getattr(cfg, name) <= 0:
             refuse(name, getattr(cfg, name), "must be positive")
+    for name, most in AT_MOST.items():
+        if getattr(cfg, name) > most:
+            refuse(name, getattr(cfg, name), f"must be at most {most:,}")
     for name in NOT_NEGATIVE:
         if getattr(cfg, name) < 0:
             refuse(name, getattr(cfg, name), "must be zero or positive")

@@ -39,6 +39,18 @@ def cpu_has_fast_bfloat16():
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
+def amp_dtype_for(setting, processor):
+    """The amp_dtype setting's dtype. auto: float16 on CUDA (with a GradScaler), bfloat16 on a CPU
+    that computes it natively (no scaler needed), else float32, faster than emulated bfloat16."""
+    if setting != "auto":
+        return getattr(torch, setting)
+    if processor.type == "cuda":
+        return torch.float16
+    if processor.type == "cpu" and cpu_has_fast_bfloat16():
+        return torch.bfloat16
+    return torch.float32
+
+
 def compiled_on_first_batch(cfg, net, vgg, batches, amp):
     """With torch_compile on (auto: on CUDA), the network's and VGG19's forwards compiled on the
     first batch, which then trains as any other; returns the batches, that one first. Compiling

@@ -3,6 +3,7 @@ run needs, names that never overwrite a user's file, and what killed runs left b
 """
 
 import errno
+import hashlib
 import os
 import shutil
 from contextlib import contextmanager, suppress
@@ -12,7 +13,36 @@ from pathlib import Path
 from plumbing.errors import DeblurError, first_line, note
 
 CHECKPOINT = "checkpoint.pt"
-OUTPUTS = ("comparison.png", "reconstructed_image.jpg", "history.csv", "training_curves.png")
+RECORD = ".deblur-outputs"  # each file Deblur wrote in a folder and its SHA-256: it knows its own
+OUTPUTS = (
+    "comparison.png",
+    "reconstructed_image.jpg",
+    "progress.png",
+    "progress.gif",
+    "history.csv",
+    "training_curves.png",
+)
+
+
+def looked_up(path, setting):
+    """`path`, or a one-line refusal where the system cannot even look it up (a name over the
+    file system's 255 bytes, say), instead of a traceback later."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        pass  # a missing file is each caller's to say
+    except OSError as e:
+        shown = str(path) if len(str(path)) <= 80 else f"{str(path)[:77]}..."
+        raise DeblurError(
+            f"--{setting} {shown}: {e.strerror}; rename it, or pass a shorter path"
+        ) from None
+    return path
+
+
+def shortened(name, most_bytes):
+    """`name` cut to at most `most_bytes` bytes of UTF-8, never inside a character: file systems
+    count a name's bytes, and a CJK character takes three."""
+    return name.encode("utf-8")[:most_bytes].decode("utf-8", errors="ignore")
 
 
 def space_needed(parameters, image_size):
@@ -23,9 +53,10 @@ def space_needed(parameters, image_size):
 
 @contextmanager
 def locked_output_dir(out, inputs, needed):
-    """Creates `out`, checks it can hold the results without overwriting an input, and holds an
-    exclusive lock on it while the body runs: a second run in the same folder is refused, naming
-    this one's PID. Temporary files that killed runs left behind are removed."""
+    """Creates `out`, checks it can hold the results without overwriting one of the `inputs`
+    (paths of the files read), and holds an exclusive lock on it while the body runs: a second
+    run in the same folder is refused, naming this one's PID. Temporary files that killed runs
+    left behind are removed."""
     lock_path = out / ".deblur.lock"
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -47,11 +78,11 @@ def locked_output_dir(out, inputs, needed):
                 f"{needed // 2**20 + 1} MB (free some space or pass another --output_dir)"
             )
         outputs = {(out / name).resolve() for name in (*OUTPUTS, CHECKPOINT)}
-        for setting, path in inputs.items():
+        for path in inputs:
             if path.resolve() in outputs:
                 raise DeblurError(
-                    f"--{setting} {path} has the name of an output in output_dir {out} and would "
-                    f"be overwritten; rename or move it, or pass another --output_dir"
+                    f"{path} has the name of an output in output_dir {out} and would be "
+                    f"overwritten; rename or move it, or pass another --output_dir"
                 )
         take_lock(lock, out)
         remove_stale_partials(out)
@@ -108,38 +139,75 @@ def process_alive(pid):
 def atomic_path(path):
     """Yields a temporary path, unique to this process, that replaces `path` only once fully
     written. Its name is cut short enough for any file system."""
-    temporary = path.with_name(f".{path.name[:200]}.{os.getpid()}.partial")
+    temporary = path.with_name(f".{shortened(path.name, 200)}.{os.getpid()}.partial")
     try:
         yield temporary
         os.replace(temporary, path)
     except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
         reason = getattr(e, "strerror", None) or first_line(e)
+        if "unexpected pos" in reason:  # how PyTorch's writer says that the disk is full
+            reason = f"the disk is probably full (PyTorch: {reason})"
         raise DeblurError(f"could not write {path}: {reason}; nothing was replaced", 1) from None
     finally:
         with suppress(OSError):  # never hide the error above under one about the cleanup
             temporary.unlink(missing_ok=True)
 
 
-def save_image(image, path, format):
+def save_image(image, path, format, **options):
     with atomic_path(path) as temporary:
-        image.save(temporary, format=format, quality=95)
+        image.save(temporary, format=format, quality=95, **options)
+    remember(path)
 
 
 def save_figure(figure, path):
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=100)
+    remember(path)
 
 
 def save_text(text, path):
     with atomic_path(path) as temporary:
         temporary.write_text(text, encoding="utf-8")
+    remember(path)
+
+
+def file_digest(paths):
+    """The SHA-256 of the files' bytes, one after the other."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
+def recorded(folder):
+    """{name: SHA-256} of the files Deblur wrote in `folder` (none, if it cannot tell)."""
+    try:
+        lines = (folder / RECORD).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return {}
+    found = {}
+    for line in lines:
+        digest, _, name = line.partition(" ")
+        found[name] = digest
+    return found
+
+
+def remember(path):
+    """Adds `path` to its folder's record of what Deblur wrote; a record it cannot write only
+    means a later run there does not know its own files."""
+    own = recorded(path.parent)
+    own[path.name] = file_digest([path])
+    lines = [f"{digest} {name}" for name, digest in own.items()]
+    with suppress(DeblurError), atomic_path(path.parent / RECORD) as temporary:
+        temporary.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def first_free_name(path):
-    """path itself if free, else the first free name among path.1.suffix, path.2.suffix, ..."""
+    """path itself if free, else the first free name among path.1.suffix, path.2.suffix, ...; a
+    symbolic link takes its name, even one that points nowhere."""
     candidate = path
     for number in count(1):
-        if not candidate.exists():
+        if not os.path.lexists(candidate):
             return candidate
         candidate = path.with_name(f"{path.stem}.{number}{path.suffix}")
 
@@ -151,8 +219,8 @@ def photo_output(cfg, photo_path, image):
     room for a PNG of the photo's raw size; says where it went."""
     out = Path(cfg.output_dir)
     height, width = image.shape[-2:]
-    with locked_output_dir(out, {}, 4 * width * height + 2**20):
-        wanted = out / f"{photo_path.stem[:200]}_deblurred.png"
+    with locked_output_dir(out, [], 4 * width * height + 2**20):
+        wanted = out / f"{shortened(photo_path.stem, 200)}_deblurred.png"
         target = first_free_name(wanted)
         if target != wanted:
             note(f"{wanted.name} exists already and is kept; writing {target.name}")

@@ -2,20 +2,24 @@
 into tensors and back. Blurring and deblurring are the method's, in Deblur.py.
 """
 
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.nn import functional as F
 
 from plumbing.errors import DeblurError, first_line, note
+from plumbing.files import file_digest, looked_up, recorded
 
+LABELS_OF_TESTS = {"sample": "unseen sample", "holdout_path": "--holdout_path image"}
 FOLDER_PIXELS = 300_000_000  # at 3 bytes a pixel, a folder's images may take 900 MB in memory
 
 
-def resolve_image_path(path):
+def resolve_image_path(path, setting):
     """A relative path missing from the current folder is looked up next to Deblur.py."""
-    given = Path(path).expanduser()
+    given = looked_up(Path(path).expanduser(), setting)
     beside_script = Path(__file__).resolve().parent.parent / path
     if not given.is_absolute() and not given.exists() and beside_script.exists():
         return beside_script
@@ -27,6 +31,8 @@ def read_rgb_image(path, setting="image_path"):
     cannot read is refused in one line."""
     if path.is_dir():
         raise DeblurError(f"{path} is a folder, not an image file (pass --{setting} FILE)")
+    if path.exists() and not path.is_file():
+        raise DeblurError(f"{path} is not a regular file (a pipe or a device?); pass an image file")
     if not path.is_file():
         raise DeblurError(f"image not found: {path} (set {setting} or pass --{setting} FILE)")
     try:
@@ -42,7 +48,7 @@ def read_rgb_image(path, setting="image_path"):
         raise DeblurError(f"cannot read {path}: {e}") from None  # damaged, unreadable, too large
     if changes:
         note(f"{path.name}: {'; '.join(changes)}")
-    if image.mode.startswith("I"):
+    if image.mode.startswith("I") or image.mode == "F":
         image = rescaled_to_8_bits(image)
     white = Image.new("RGBA", image.size, "white")
     return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
@@ -64,15 +70,28 @@ def changes_needed(image):
     return changes
 
 
-def read_image_folder(folder, smallest):
-    """Every image in the folder, decoded once into memory as 8-bit (3, H, W) tensors; a file that
-    cannot be read, or is smaller than `smallest` pixels on a side, is skipped with a note. Refused
-    when none is left, or when they would not fit in FOLDER_PIXELS."""
-    files = sorted(path for path in folder.iterdir() if path.is_file())
+def read_image_folder(folder, smallest, tests=None):
+    """{path: 8-bit (3, H, W) tensor} of every photo in the folder, decoded once into memory. Hidden
+    files, PyTorch files and what Deblur wrote there itself are left out; a file that cannot be
+    read, or is smaller than `smallest` pixels on a side, is skipped with a note. Refused when
+    none is left, when they would not fit in FOLDER_PIXELS, or when one of `tests` ({setting:
+    path} of the test images) is among them."""
+    own = recorded(folder)
+    files = []
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and not path.name.startswith(".") and path.suffix != ".pt":
+            files.append(path)
+    if not files and any(path.is_dir() for path in folder.iterdir()):
+        raise DeblurError(
+            f"--image_path {folder} holds folders but no files (subfolders are not searched); "
+            f"pass the folder that holds the photographs"
+        )
     if not files:
         raise DeblurError(f"--image_path {folder} is an empty folder; put photographs in it")
     sizes = {}
     for path in files:
+        if path.name in own and own[path.name] == file_digest([path]):
+            continue  # a figure of an earlier run here: never a photo to learn from
         try:
             with Image.open(path) as image:  # reads the header only
                 sizes[path] = image.size
@@ -85,27 +104,48 @@ def read_image_folder(folder, smallest):
             f"{FOLDER_PIXELS / 1e6:g} that training on a folder keeps in memory; use fewer or "
             f"smaller images"
         )
-    images = []
+    photos = {}
     for path, (width, height) in sizes.items():
         if min(width, height) < smallest:
             note(f"skipped {path.name}: {width}x{height} is smaller than a crop and its margin")
             continue
-        pixels = np.array(read_rgb_image(path))
-        images.append(torch.from_numpy(pixels).permute(2, 0, 1))
-    if not images:
+        try:
+            pixels = np.array(read_rgb_image(path))
+        except DeblurError as e:  # damaged (a truncated JPEG, say): the others still teach
+            note(f"skipped {path.name}: {e}")
+            continue
+        photos[path] = torch.from_numpy(pixels).permute(2, 0, 1)
+    if not photos:
         raise DeblurError(
             f"none of the {len(files)} files in {folder} is an image Pillow can read of at least "
             f"{smallest}x{smallest} pixels; put photographs in it, or lower --crop_size"
         )
-    if len(images) < len(files):
-        note(f"training on {len(images)} images of {folder}; the other files were skipped")
-    return images
+    if len(photos) < len(files):
+        note(f"training on {len(photos)} images of {folder}; the other files were skipped")
+    check_apart(photos, tests or {})
+    return photos
+
+
+def check_apart(photos, tests):
+    """A test image that is also a training photo (the same bytes) would be called unseen: refused,
+    naming it."""
+    trained_on = {file_digest([path]) for path in photos}
+    for setting, path in tests.items():
+        if file_digest([path]) in trained_on:
+            raise DeblurError(
+                f"the training folder holds {path.name}, the {LABELS_OF_TESTS[setting]}: a test "
+                f"on it would not be unseen; train on a folder without it (the shipped training "
+                f"photos are in data/train)"
+            )
 
 
 def rescaled_to_8_bits(image):
-    """16- or 32-bit grey, rescaled to 0..255 where Pillow's own convert would clip."""
+    """16- or 32-bit grey, integers or floats, rescaled to 0..255 where Pillow's own convert would
+    clip: floats of at most 1 are taken as 0..1."""
     pixels = np.asarray(image, dtype=np.float64)
     full_scale = 65535 if image.mode.startswith("I;16") or pixels.max() > 255 else 255
+    if image.mode == "F" and pixels.max() <= 1:
+        full_scale = 1
     return Image.fromarray((pixels * 255 / full_scale).round().clip(0, 255).astype(np.uint8))
 
 
@@ -156,13 +196,23 @@ def input_paths(cfg, unseen_sample=None):
     """{setting: path} of the images to test on: the training image (for a folder, the unseen
     sample instead) and the held-out one. image_path is made absolute, for the checkpoint."""
     if cfg.apply:
-        return {"apply": resolve_image_path(cfg.apply)}
-    inputs = {"image_path": resolve_image_path(cfg.image_path)}
+        return {"apply": resolve_image_path(cfg.apply, "apply")}
+    inputs = {"image_path": resolve_image_path(cfg.image_path, "image_path")}
     cfg.image_path = str(inputs["image_path"].resolve())
     if inputs["image_path"].is_dir():
-        inputs = {"sample": resolve_image_path(unseen_sample)}
+        inputs = {"sample": resolve_image_path(unseen_sample, "image_path")}
     if cfg.holdout_path:
-        inputs["holdout_path"] = resolve_image_path(cfg.holdout_path)
+        inputs["holdout_path"] = resolve_image_path(cfg.holdout_path, "holdout_path")
         if inputs["holdout_path"].resolve() == Path(cfg.image_path):
             note("holdout_path is the training image itself: its row is not held out")
     return inputs
+
+
+def thumbnail(image, longest=256):
+    """A (1, 3, H, W) image in [0, 1] shrunk to at most `longest` pixels a side, as an 8-bit
+    (H, W, 3) tensor on the CPU: a frame of progress.png, small enough to keep a dozen of."""
+    height, width = image.shape[-2:]
+    shrink = math.ceil(max(height, width) / longest)
+    size = (math.ceil(height / shrink), math.ceil(width / shrink))
+    small = F.interpolate(image.float(), size=size, mode="area")  # each pixel, a block's mean
+    return (small[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().contiguous()

@@ -97,9 +97,10 @@ def unfailing_output():
         sys.stdout, sys.stderr = previous
 
 
-def run_job(job, settings, choices, script, argv):
-    """Parses the settings and runs job(cfg, stop), with stop requests caught; returns the exit
-    code. Every failure the user can act on ends in one line on stderr, without a traceback."""
+def run_job(train, apply, settings, choices, script, argv):
+    """Parses the settings and runs train(cfg, stop), or apply(cfg, stop) for --apply, with stop
+    requests caught; returns the exit code. Every failure the user can act on ends in one line on
+    stderr, without a traceback."""
     stop = StopRequest()
     cfg = None
     handler = stop_after_this_step(stop)
@@ -107,7 +108,7 @@ def run_job(job, settings, choices, script, argv):
     with unfailing_output():
         try:
             cfg = parse_settings(settings, choices, script, argv)
-            return job(cfg, stop)
+            return apply(cfg, stop) if cfg.apply else train(cfg, stop)
         except DeblurError as e:
             print(f"error: {e}", file=sys.stderr)
             return e.exit_code

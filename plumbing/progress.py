@@ -3,23 +3,32 @@ epochs, the checkpoint on time, the end; and --apply's strips. No figure is draw
 """
 
 import math
+import shlex
 import sys
 from datetime import timedelta
 from functools import cached_property
+from itertools import count
 from pathlib import Path
 from time import perf_counter
 from typing import NamedTuple
 
 import torch
+from torch.nn import functional as F
 
-from plumbing.checkpoints import HISTORY_COLUMNS, file_digest, save_checkpoint
+from plumbing.checkpoints import HISTORY_COLUMNS, save_checkpoint
 from plumbing.command_line import resume_command
 from plumbing.device import cpu_has_fast_bfloat16
 from plumbing.errors import DeblurError, Stopped, note, warn
-from plumbing.files import CHECKPOINT, OUTPUTS, save_text
+from plumbing.files import CHECKPOINT, OUTPUTS, file_digest, save_text
+from plumbing.images import thumbnail
 from plumbing.job import signal_name
 
 QUICK_LOOK = "--image_size 80 --num_epochs 1000 --lr 0.001"
+# A folder's (docs/quick-look.md): the U-Net after Wiener, which beats Wiener on unseen photos
+FOLDER_QUICK_LOOK = (
+    "--model unet --restore_from wiener --pixel_loss l1 --crop_size 96 --batch_size 8 --lr 0.001 "
+    "--num_epochs 600 --perceptual_weight 0"
+)
 
 
 class Due(NamedTuple):
@@ -29,16 +38,30 @@ class Due(NamedTuple):
     saves: bool
     final: bool  # the last epoch, or the one a stop request ends
     stopping: bool
+    frame: bool  # a frame of progress.png: the network's reconstruction of the watched image
+
+
+def frame_epochs(num_epochs):
+    """1, 2, 5, 10, 20, 50, ... up to num_epochs, and num_epochs: about a dozen frames, spaced
+    logarithmically, since a network changes fastest at first."""
+    epochs = {num_epochs}
+    for power in count():
+        for first in (1, 2, 5):
+            if first * 10**power > num_epochs:
+                return epochs
+            epochs.add(first * 10**power)
 
 
 class Progress:
     """The run's epoch, time and history, and the bookkeeping the training loop does every log_every
     epochs: read the losses (the only time the host waits for the device), check them, log, write
     history.csv and the checkpoint, and stop when asked. `generator` draws a folder's crops: its
-    state goes into the checkpoint, so that a resumed run is the uninterrupted one."""
+    state goes into the checkpoint, so that a resumed run is the uninterrupted one. `trained_on`:
+    the image files it learns from, whose fingerprint the checkpoint keeps."""
 
-    def __init__(self, cfg, stop, generator=None):
+    def __init__(self, cfg, stop, generator=None, trained_on=()):
         self.cfg, self.stop, self.generator = cfg, stop, generator
+        self.trained_on = trained_on
         self.out = Path(cfg.output_dir)
         self.epoch = 0
         self.elapsed = 0.0
@@ -49,31 +72,37 @@ class Progress:
         self.diverged_at = None
         self.timer_epoch = 0
         self.timer = perf_counter()
+        self.watched = None  # (network input, sharp, border) of the image progress.png shows
+        self.frames = []  # [epoch, PSNR, small 8-bit reconstruction] at each of frame_epochs
 
     @cached_property
     def image_digest(self):
-        """The training image's SHA-256, kept in the checkpoint: a changed image is not resumed."""
-        return file_digest(Path(self.cfg.image_path))
+        """The training images' SHA-256, kept in the checkpoint: a changed image is not resumed."""
+        return file_digest(self.trained_on)
+
+    def watch(self, inputs, sharp, border):
+        self.watched = (inputs, sharp, border)
 
     def start(self, net):
-        self.last_good = snapshot(net)
+        self.last_good = copy_of_weights(net)
         self.timer_epoch = self.epoch
         self.timer = perf_counter()
 
     def due(self, epoch):
-        """What this epoch must do besides its step (log, checkpoint, end), or None."""
+        """What this epoch must do besides its step (log, checkpoint, a frame, end), or None."""
         stopping = self.stop.signum is not None  # read once: a later signal waits a step
         final = epoch == self.cfg.num_epochs or stopping
         logs = epoch % self.cfg.log_every == 0 or final
         saves = epoch % self.cfg.checkpoint_every == 0 or final
-        if logs or saves:
-            return Due(logs, saves, final, stopping)
+        frame = self.watched is not None and (final or epoch in frame_epochs(self.cfg.num_epochs))
+        if logs or saves or frame:
+            return Due(logs, saves, final, stopping, frame)
         return None
 
     def record(self, epoch, due, net, optimizer, scaler, losses):
         """Returns 'running', 'done', 'stopped' or 'diverged' (the last finite weights restored)."""
         values = [loss.item() for loss in losses]
-        weights = snapshot(net)
+        weights = copy_of_weights(net)
         finite = torch.stack([w.isfinite().all() for w in weights.values()]).all()
         if not all(map(math.isfinite, values)) or not finite:
             net.load_state_dict(self.last_good)  # results come from the last weights known finite
@@ -86,6 +115,8 @@ class Progress:
         self.elapsed += now - self.timer
         self.timer_epoch = epoch
         self.timer = now
+        if due.frame:
+            self.take_frame(epoch, net)
         if due.logs:
             self.log(values, rate)
             self.try_to_write(due, write_history, self.out / "history.csv", self.history)
@@ -95,6 +126,16 @@ class Progress:
         if due.stopping:
             return "stopped"
         return "done" if epoch == self.cfg.num_epochs else "running"
+
+    def take_frame(self, epoch, net):
+        """The network's reconstruction of the watched image now, small, and its PSNR."""
+        inputs, sharp, border = self.watched
+        net.eval()  # as it will be used
+        with torch.no_grad():
+            restored = net(inputs).float().clamp(0, 1)
+        net.train()
+        mse = F.mse_loss(inside(restored, border), inside(sharp, border)).item()
+        self.frames.append([epoch, psnr_from_mse(mse), thumbnail(restored)])
 
     def try_to_write(self, due, write, *args):
         """A write that fails mid-run (a briefly full disk, say) is a warning: training goes on
@@ -119,9 +160,12 @@ class Progress:
             f"elapsed {hms(self.elapsed)}, ETA {hms(remaining)}"
         )
         if len(self.history) == 1 and remaining > 3600:
+            quick_look = QUICK_LOOK
+            if Path(self.cfg.image_path).is_dir():
+                quick_look = f"--image_path {shlex.quote(self.cfg.image_path)} {FOLDER_QUICK_LOOK}"
             print(
                 "A long run: Ctrl-C stops it cleanly, --resume continues. "
-                f"A quick look: python Deblur.py {QUICK_LOOK}"
+                f"A quick look: python Deblur.py {quick_look}"
             )
 
 
@@ -137,7 +181,14 @@ def psnr_from_mse(mse):
     return 10 * math.log10(1 / mse) if mse > 0 else math.inf
 
 
-def snapshot(net):
+def inside(image, border):
+    """The image as the metrics see it: without `border` pixels on each side, or fewer on an image
+    too small to keep SSIM's 11x11 window."""
+    border = max(0, min(border, (min(image.shape[-2:]) - 11) // 2))
+    return image[..., border : image.shape[-2] - border, border : image.shape[-1] - border]
+
+
+def copy_of_weights(net):
     return {name: tensor.detach().clone() for name, tensor in net.state_dict().items()}
 
 
@@ -162,10 +213,13 @@ def print_plan(cfg, processor, amp, perceptual, progress, baseline, warm_up):
             f"Image: {cfg.image_path} at {cfg.image_size}x{cfg.image_size}, {blur}; blurred PSNR "
             f"{psnr:.2f} dB, SSIM {ssim:.4f}"
         )
+    network = "DeblurNet" if cfg.model == "deblurnet" else "U-Net"
+    if cfg.restore_from == "wiener":
+        network += " on Wiener's deconvolution"
     print(
-        f"Training epochs {progress.epoch + 1} to {cfg.num_epochs}, AMP {str(amp)[6:]}, loss "
-        f"{cfg.mse_weight}*MSE + {cfg.perceptual_weight if perceptual else 0}*VGG19 perceptual, "
-        f"lr {cfg.lr}"
+        f"Training the {network}, epochs {progress.epoch + 1} to {cfg.num_epochs}, AMP "
+        f"{str(amp)[6:]}, loss {cfg.mse_weight}*{cfg.pixel_loss.upper()} + "
+        f"{cfg.perceptual_weight if perceptual else 0}*VGG19 perceptual, lr {cfg.lr}"
     )
     if amp == torch.float16 and processor.type == "cpu":
         note("float16 on a CPU is emulated and far slower than --amp_dtype auto")
@@ -186,7 +240,8 @@ def report_outcome(outcome, progress, defaults):
         )
         return 1
     out = Path(cfg.output_dir).resolve()
-    print(f"Results are in {out}: {', '.join(OUTPUTS)} and {CHECKPOINT}")
+    written = [name for name in (*OUTPUTS, CHECKPOINT) if (out / name).exists()]
+    print(f"Results are in {out}: {', '.join(written)}")
     if outcome == "stopped":
         print(
             f"Training stopped early at epoch {progress.epoch} of {cfg.num_epochs}. "
@@ -199,16 +254,23 @@ def report_outcome(outcome, progress, defaults):
     return 128 + stop.signum
 
 
-def in_strips(starts, stop, photo_path, image):
-    """Yields each strip's first row; says the size and, after the first strip, the time it will
-    take, then how far it is every 10 seconds. A stop request ends it between strips."""
+def in_strips(image, margin, stop, photo_path):
+    """--apply's strips of an image, to bound the memory: yields (rows, strip, inside), the rows a
+    strip restores, the strip with `margin` more rows on each side (rounded up to a multiple of 8,
+    so that a U-Net's poolings meet it as they meet the whole image), and where those rows lie in
+    it. Says the size and the time to go; a stop request ends it between strips."""
+    margin = -(-margin // 8) * 8
+    rows = -(-max(2 * margin, 64) // 64) * 64  # at least as tall as both margins together
     height, width = image.shape[-2:]
+    starts = range(0, height, rows)
     print(f"Deblurring {photo_path}: {width}x{height} pixels, in {len(starts)} strips")
     began = reported = perf_counter()
-    for done, start in enumerate(starts):
+    for done, top in enumerate(starts):
         if stop.signum is not None:
             raise Stopped(f"{signal_name(stop.signum)}: stopped; nothing was written", stop.signum)
-        yield start
+        start = max(top - margin, 0)
+        strip = image[:, :, start : top + rows + margin]
+        yield slice(top, top + rows), strip, slice(top - start, top - start + rows)
         now = perf_counter()
         left = (now - began) / (done + 1) * (len(starts) - done - 1)
         if done == 0 and left > 10:

@@ -2,9 +2,7 @@
 run of seconds, running Deblur in-process or as a process, and the digests of a user's files."""
 
 import hashlib
-import os
 import struct
-import subprocess
 import sys
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +30,7 @@ TINY = {
     "lr": 0.0001,
     "weight_decay": 1e-5,
     "mse_weight": 1.0,
+    "pixel_loss": "mse",
     "perceptual_weight": 0.0,
     "max_grad_norm": 1.0,
     "log_every": 2,
@@ -40,6 +39,8 @@ TINY = {
     "device": "cpu",
     "amp_dtype": "auto",
     "torch_compile": "off",
+    "model": "deblurnet",
+    "restore_from": "blurred",
     "holdout_path": "",
     "resume": "",
     "apply": "",
@@ -51,6 +52,22 @@ def headless_and_offline(monkeypatch, tmp_path):
     """No window can open, and with an empty TORCH_HOME no test finds (or fetches) VGG weights."""
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+
+
+@pytest.fixture(autouse=True)
+def figures_rendered_only_where_looked_at(request, monkeypatch):
+    """Rasterising comparison.png and training_curves.png is half of a tiny run's time. Deblur
+    still builds every figure and writes it through its own safe path; only matplotlib's drawing
+    of the pixels is left out, and a 1x1 PNG written instead, except in the tests marked
+    real_figures (and in every test that runs Deblur as a process)."""
+    if request.node.get_closest_marker("real_figures"):
+        return
+    import matplotlib.figure
+
+    def tiny_png(figure, path, **options):
+        Image.new("RGB", (1, 1)).save(path, format="png")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", tiny_png)
 
 
 def make_photo(size=(48, 40), seed=0):
@@ -117,14 +134,6 @@ def run_deblur(image, out, *extra, vgg_weights=None):
     return Deblur.main(tiny_run_args(image, out, *extra), vgg_weights=vgg_weights)
 
 
-def run_script(*args, cwd=None, timeout=120, env=None):
-    """`python Deblur.py ARGS` as a process, with its output captured."""
-    env = {**(env or os.environ), "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [*SCRIPT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
-
-
 class ParallelRuns(dict):
     """{case name: (result, folder, *what prepare returned)} for a table of cases, each a real
     process in a folder of its own. The cases the session selected run at once, three at a time
@@ -141,45 +150,13 @@ class ParallelRuns(dict):
         folders = [self.factory.mktemp("case") for _ in cases]
         prepared = [self.prepare(case, folder) for case, folder in zip(cases, folders, strict=True)]
         with ThreadPoolExecutor(max_workers=3) as pool:
-            results = list(pool.map(self.execute, cases, prepared))
+            results = list(pool.map(self.execute, cases, folders, prepared))
         for case, result, folder, ready in zip(cases, results, folders, prepared, strict=True):
             self[case[0]] = (result, folder, *ready)
 
     def __missing__(self, name):
         self.run([case for case in self.cases if case[0] == name])
         return self[name]
-
-
-def start_a_long_run(image, out, until, *extra):
-    """`python Deblur.py` training for 100,000 epochs (a line every 5), read up to the line that
-    starts with `until`; the caller stops it."""
-    args = tiny_run_args(image, out, "--num_epochs", "100000", "--log_every", "5", *extra)
-    process = subprocess.Popen(
-        [*SCRIPT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    for line in process.stdout:
-        if line.startswith(until):
-            break
-    return process
-
-
-def signal_after(prefix, number):
-    """A way to run a command: send it signal `number` once it prints a line starting with
-    `prefix`; it gives (exit code, stdout, stderr)."""
-
-    def run(command, env):
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-        seen = []
-        for raw in process.stdout:
-            line = raw.decode()
-            seen.append(line)
-            if line.startswith(prefix):
-                process.send_signal(number)
-                break
-        out, err = process.communicate(timeout=120)
-        return process.returncode, "".join(seen) + out.decode(), err.decode()
-
-    return run
 
 
 @pytest.fixture

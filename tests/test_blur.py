@@ -105,4 +105,5 @@ def test_other_kinds_blur_with_their_kernel(tmp_path, kind):
     kernel = blur_kernel(kind, 2.0, 30.0)
     window = np.asarray(sharp, dtype=np.float64)[18:23, 8:13]  # around pixel (20, 10)
     expected = (window * kernel[:, :, None]).sum(axis=(0, 1))
-    assert np.abs(np.asarray(blurred, dtype=np.float64)[20, 10] - expected).max() <= 0.5 + 1e-9
+    difference = np.abs(np.asarray(blurred, dtype=np.float64)[20, 10] - expected).max()
+    assert difference <= 0.5 + 1e-3  # rounded to 8 bits, from a float32 FFT

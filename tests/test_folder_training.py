@@ -2,6 +2,7 @@
 
 import math
 import signal
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -20,7 +21,7 @@ FOLDER = ["--crop_size", "16", "--batch_size", "2", "--blur_radius", "2.0"]
 def folder(tmp_path):
     path = tmp_path / "train"
     path.mkdir()
-    for seed, size in enumerate(((64, 48), (56, 72), (80, 80))):
+    for seed, size in enumerate(((64, 48), (56, 72), (130, 130))):  # the last, for Wiener's margin
         save_photo(path, f"photo{seed}.png", size, seed)
     return path
 
@@ -58,7 +59,8 @@ def test_a_folder_trains_on_crops_and_tests_on_two_unseen_images(folder, tmp_pat
 
 
 def test_a_resumed_folder_run_equals_an_uninterrupted_one(folder, tmp_path, monkeypatch):
-    assert run(folder, tmp_path / "whole", "--num_epochs", "8") == 0
+    unet_after_wiener = ("--model", "unet", "--restore_from", "wiener", "--num_epochs", "8")
+    assert run(folder, tmp_path / "whole", *unet_after_wiener) == 0
     real_due = Progress.due
 
     def stopped_at_5(progress, epoch):  # as if SIGTERM came during epoch 5
@@ -67,14 +69,40 @@ def test_a_resumed_folder_run_equals_an_uninterrupted_one(folder, tmp_path, monk
         return real_due(progress, epoch)
 
     monkeypatch.setattr(Progress, "due", stopped_at_5)
-    assert run(folder, tmp_path / "split", "--num_epochs", "8") == 128 + signal.SIGTERM
+    assert run(folder, tmp_path / "split", *unet_after_wiener) == 128 + signal.SIGTERM
     monkeypatch.setattr(Progress, "due", real_due)
-    assert run(folder, tmp_path / "split", "--num_epochs", "8", "--resume") == 0
+    assert run(folder, tmp_path / "split", *unet_after_wiener, "--resume") == 0
     whole = torch.load(tmp_path / "whole/checkpoint.pt", weights_only=True)
     split = torch.load(tmp_path / "split/checkpoint.pt", weights_only=True)
+    assert split["settings"]["model"] == "unet" and split["settings"]["restore_from"] == "wiener"
     for name, tensor in whole["model"].items():
         assert torch.equal(tensor, split["model"][name]), name
     assert torch.equal(whole["crops_generator"], split["crops_generator"])
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "motion", "defocus", "box"])
+def test_wiener_first_works_for_every_blur_kind_even_with_zeros_in_its_spectrum(
+    folder, tmp_path, capsys, kind
+):
+    args = ("--model", "unet", "--restore_from", "wiener", "--blur_kind", kind, "--num_epochs", "2")
+    assert run(folder, tmp_path / "out", *args) == 0
+    network = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Network:")]
+    psnr = float(network[0].split("PSNR ")[1].split(" dB")[0])
+    assert 10 < psnr < 60
+
+
+def test_wiener_first_crops_see_no_made_up_edge():
+    """A ramp blurred from its real neighbours stays a ramp, and so does its Wiener deconvolution,
+    provided the crop was cut with Wiener's margin: without it, the edges would ring."""
+    ramp = torch.arange(200, dtype=torch.float64).expand(3, 200, 200) * 1.2  # brighter to the right
+    cfg = SimpleNamespace(crop_size=16, batch_size=8, restore_from="wiener", blur_kind="gaussian")
+    kernel = Deblur.blur_kernel("gaussian", 2.0)
+    generator = torch.Generator().manual_seed(0)
+    cpu = torch.device("cpu")
+    photos = [ramp.round().to(torch.uint8)]
+    inputs, sharp, _ = next(Deblur.folder_batches(photos, kernel, cfg, generator, None, None, cpu))
+    assert inputs.shape == sharp.shape == (8, 3, 16, 16)
+    assert (inputs - sharp).abs().max() < 2 / 255
 
 
 def test_a_folder_warms_the_learning_rate_up_then_decays_it():
@@ -97,7 +125,7 @@ def test_the_seed_setting_decides_the_crops(folder, tmp_path):
 
 
 def batches(photos):
-    cfg = SimpleNamespace(crop_size=8, batch_size=64)
+    cfg = SimpleNamespace(crop_size=8, batch_size=64, restore_from="blurred")
     kernel = Deblur.blur_kernel("gaussian", 1.0)
     generator = torch.Generator().manual_seed(0)
     cpu = torch.device("cpu")
@@ -167,7 +195,7 @@ def test_small_and_unreadable_files_are_skipped_with_a_note(folder, tmp_path, ca
 def test_a_folder_too_large_to_hold_is_refused_by_name(folder, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(images, "FOLDER_PIXELS", 10_000)
     assert run(folder, tmp_path / "out") == 2
-    assert "hold 0.013504 megapixels, more than the 0.01 that" in capsys.readouterr().err
+    assert "hold 0.024004 megapixels, more than the 0.01 that" in capsys.readouterr().err
 
 
 def test_the_shipped_training_set_is_free_small_and_apart_from_the_test_images():
@@ -180,3 +208,51 @@ def test_the_shipped_training_set_is_free_small_and_apart_from_the_test_images()
         assert (ROOT / "data" / test_image).read_bytes() not in shipped
     for path in photos:
         assert f"`{path.name}`" in readme, f"{path.name} is not credited in the README"
+
+
+def test_a_users_photo_named_like_an_output_is_never_overwritten(folder, capsys):
+    photo = save_photo(folder, "comparison.png", (70, 70), seed=5)
+    before = photo.read_bytes()
+    assert run(folder, folder) == 2  # output_dir: the training folder itself
+    assert "comparison.png has the name of an output" in capsys.readouterr().err
+    assert photo.read_bytes() == before
+
+
+def test_training_in_its_own_output_folder_resumes_and_never_learns_from_its_results(
+    folder, capsys
+):
+    assert run(folder, folder, "--num_epochs", "2") == 0  # cd photos && python Deblur.py ...
+    assert (folder / "comparison.png").exists() and (folder / "history.csv").exists()
+    assert run(folder, folder, "--num_epochs", "3", "--resume") == 0
+    out = capsys.readouterr().out
+    assert "Resumed from" in out and "training on 3 images" in out  # its figures left out
+    assert run(folder, folder, "--num_epochs", "1") == 0  # a third run: its results stay out
+    assert "training on 3 images" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("test_image", ["sample", "holdout"])
+def test_a_folder_that_holds_a_test_image_is_refused(folder, tmp_path, capsys, test_image):
+    extra = []
+    if test_image == "holdout":
+        extra = ["--holdout_path", str(save_photo(folder, "cat.png", (70, 70), seed=8))]
+    else:
+        (folder / "sample.png").write_bytes(Path(Deblur.UNSEEN_SAMPLE).read_bytes())
+    assert run(folder, tmp_path / "out", *extra) == 2
+    error = capsys.readouterr().err
+    assert "a test on it would not be unseen" in error and "data/train" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_damaged_photo_among_good_ones_is_skipped_with_a_note(folder, tmp_path, capsys):
+    broken = save_photo(folder, "broken.jpg", (90, 90), seed=6, quality=95)
+    broken.write_bytes(broken.read_bytes()[:2000])
+    assert run(folder, tmp_path / "out", "--num_epochs", "1") == 0
+    out = capsys.readouterr().out
+    assert "skipped broken.jpg: cannot read" in out and "truncated" in out
+
+
+def test_a_folder_of_folders_says_subfolders_are_not_searched(tmp_path, capsys):
+    (tmp_path / "photos" / "holiday").mkdir(parents=True)
+    save_photo(tmp_path / "photos" / "holiday")
+    assert run(tmp_path / "photos", tmp_path / "out") == 2
+    assert "holds folders but no files (subfolders are not searched)" in capsys.readouterr().err

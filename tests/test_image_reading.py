@@ -38,6 +38,13 @@ def test_16_bit_greyscale_is_rescaled_not_clipped(tmp_path):
     assert pixels.min() == 0 and pixels.max() == 255 and len(np.unique(pixels)) > 200
 
 
+def test_32_bit_float_images_are_rescaled_not_clipped_to_black(tmp_path):
+    ramp = np.linspace(0, 1, 48 * 48, dtype=np.float32).reshape(48, 48)  # as a scientist saves it
+    path = save_photo(tmp_path, "float.tiff", image=Image.fromarray(ramp, mode="F"))
+    pixels = np.asarray(sharp_of(path, 48))[..., 0]
+    assert pixels.min() == 0 and pixels.max() == 255 and len(np.unique(pixels)) > 200
+
+
 def test_exif_orientation_is_applied_before_resizing(tmp_path, capsys):
     image = Image.new("RGB", (40, 20), "black")
     image.paste((255, 0, 0), (0, 0, 20, 20))  # red on the left as stored
@@ -67,10 +74,10 @@ def test_resizing_is_announced_as_it_is(tmp_path, capsys, size, words, not_words
 
 def test_relative_image_path_is_found_next_to_the_script(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert resolve_image_path("data/sample.jpg") == ROOT / "data" / "sample.jpg"
+    assert resolve_image_path("data/sample.jpg", "image_path") == ROOT / "data" / "sample.jpg"
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "sample.jpg").write_bytes(b"")
-    assert resolve_image_path("data/sample.jpg") == type(ROOT)("data/sample.jpg")
+    assert resolve_image_path("data/sample.jpg", "image_path") == type(ROOT)("data/sample.jpg")
 
 
 def exif_rotated(folder):

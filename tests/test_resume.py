@@ -42,6 +42,13 @@ def test_resume_with_another_image_size_is_refused_by_name(photo_path, tmp_path,
     assert "it was trained with image_size = 32, not 48" in capsys.readouterr().err
 
 
+def test_resume_with_another_network_is_refused_by_name(photo_path, tmp_path, capsys):
+    assert run_deblur(photo_path, tmp_path, "--num_epochs", "1") == 0
+    assert run_deblur(photo_path, tmp_path, "--model", "unet", "--resume") == 2
+    message = "it was trained with model = 'deblurnet', not 'unet'; use --model deblurnet"
+    assert message in capsys.readouterr().err
+
+
 def test_resume_with_a_new_learning_rate_is_allowed_and_said(photo_path, tmp_path, capsys):
     assert run_deblur(photo_path, tmp_path) == 0
     assert run_deblur(photo_path, tmp_path, "--num_epochs", "6", "--lr", "0.001", "--resume") == 0
@@ -53,11 +60,16 @@ def test_resume_with_a_new_learning_rate_is_allowed_and_said(photo_path, tmp_pat
 def test_resume_may_switch_between_bfloat16_and_float16_with_a_grad_scaler(
     photo_path, tmp_path, capsys
 ):
-    assert run_deblur(photo_path, tmp_path, "--num_epochs", "1", "--amp_dtype", "bfloat16") == 0
-    args = ("--num_epochs", "2", "--amp_dtype", "float16", "--resume")
+    # 16 px: bfloat16 is emulated, and slow, on a CPU without AVX-512
+    small = ("--image_size", "16", "--blur_radius", "2")
+    assert (
+        run_deblur(photo_path, tmp_path, *small, "--num_epochs", "1", "--amp_dtype", "bfloat16")
+        == 0
+    )
+    args = (*small, "--num_epochs", "2", "--amp_dtype", "float16", "--resume")
     assert run_deblur(photo_path, tmp_path, *args) == 0
     assert checkpoint_of(tmp_path)["scaler"]["scale"] > 0
-    args = ("--num_epochs", "3", "--amp_dtype", "bfloat16", "--resume", "--log_every", "1")
+    args = (*small, "--num_epochs", "3", "--amp_dtype", "bfloat16", "--resume", "--log_every", "1")
     assert run_deblur(photo_path, tmp_path, *args) == 0
     message = "resuming with amp_dtype = 'bfloat16' (the checkpoint used 'float16')"
     assert message in capsys.readouterr().out
@@ -109,6 +121,12 @@ HAND_MADE = {
     "elapsed NaN": (lambda c: c.update(elapsed=float("nan")), "not a Deblur checkpoint"),
     "a NaN weight": (with_a_nan_weight, "holds NaN weights (its run diverged)"),
     "another architecture": (of_another_architecture, "different network architecture"),
+    "a 7-byte generator state": (
+        lambda c: c.update(crops_generator=torch.zeros(7, dtype=torch.uint8)),
+        "not a Deblur checkpoint",
+    ),
+    "an empty optimizer state": (lambda c: c.update(optimizer={}), "not a Deblur checkpoint"),
+    "a frame that is no image": (lambda c: c.update(frames=[[1, 20.0, None]]), "not a Deblur"),
 }
 
 
@@ -140,3 +158,14 @@ def test_files_that_are_not_checkpoints_are_refused(photo_path, tmp_path, capsys
         torch.save(content, path)
     assert run_deblur(photo_path, tmp_path, "--resume", str(path)) == 2
     assert "is not a Deblur checkpoint" in capsys.readouterr().err
+
+
+def test_resuming_a_finished_checkpoint_elsewhere_names_only_what_it_wrote(
+    trained_checkpoint, tmp_path, capsys
+):
+    photo = trained_checkpoint.parent / "train.png"
+    args = ("--resume", str(trained_checkpoint), "--num_epochs", "2")  # trained 2 already
+    assert run_deblur(photo, tmp_path / "new", *args) == 0
+    results = [line for line in capsys.readouterr().out.splitlines() if "Results are in" in line]
+    assert "comparison.png" in results[0] and "checkpoint.pt" not in results[0]
+    assert not (tmp_path / "new" / "checkpoint.pt").exists()

@@ -3,6 +3,7 @@ scaler, unscale, clip), reproducible, and the host reads the device only when it
 
 import csv
 import re
+from types import SimpleNamespace
 
 import matplotlib.pyplot
 import numpy as np
@@ -13,7 +14,8 @@ from PIL import Image
 from torchvision.models import VGG19_Weights
 
 import Deblur
-from plumbing.progress import QUICK_LOOK, Progress
+from plumbing.device import amp_dtype_for
+from plumbing.progress import FOLDER_QUICK_LOOK, QUICK_LOOK, Progress
 
 LOG_LINE = re.compile(
     r"^Epoch (\d+), Total Loss: \d+\.\d{6}, MSE: \d+\.\d{6}, Perceptual: \d+\.\d{6}, "
@@ -27,6 +29,7 @@ def history(out):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.real_figures
 def test_short_run_lowers_the_loss_and_writes_every_output(photo_path, tmp_path):
     out = tmp_path / "out"
     assert (
@@ -38,6 +41,8 @@ def test_short_run_lowers_the_loss_and_writes_every_output(photo_path, tmp_path)
     for name in (*OUTPUTS, "checkpoint.pt"):
         assert (out / name).stat().st_size > 0, name
     assert Image.open(out / "reconstructed_image.jpg").size == (32, 32)
+    assert Image.open(out / "comparison.png").size == (2000, 560)  # one row of four panels
+    assert Image.open(out / "training_curves.png").size == (1200, 450)
 
 
 def test_the_network_learns_to_turn_the_blurred_image_into_the_sharp_one(
@@ -86,6 +91,18 @@ def test_history_row_matches_the_log_line(photo_path, tmp_path, capsys):
     assert f"PSNR: {float(row['psnr']):.2f} dB" in line
 
 
+def test_pixel_loss_l1_trains_on_the_mean_absolute_error_and_the_plan_says_so(
+    photo_path, tmp_path, capsys
+):
+    args = ("--pixel_loss", "l1", "--mse_weight", "2", "--num_epochs", "1")
+    assert run_deblur(photo_path, tmp_path, *args) == 0
+    assert "loss 2.0*L1 + 0*VGG19 perceptual" in capsys.readouterr().out
+    row = history(tmp_path)[-1]
+    l1, mse = float(row["total"]) / 2, float(row["mse"])
+    # For errors below 1, |e| > e**2, and the mean |e| is at most the root mean square
+    assert mse < l1 <= mse**0.5
+
+
 def test_the_final_epoch_is_logged_even_when_log_every_is_larger(photo_path, tmp_path, capsys):
     assert run_deblur(photo_path, tmp_path, "--num_epochs", "3", "--log_every", "100") == 0
     assert [row["epoch"] for row in history(tmp_path)] == ["3"]
@@ -103,6 +120,21 @@ def test_comparison_figure_has_the_originals_titled_panels_and_richardson_lucy(
     assert richardson_lucy.startswith("Richardson–Lucy\nPSNR ")
     assert restored.startswith("Reconstructed Image\nPSNR ")
     assert kernel == "kernel 31x31"  # the inset drawn on the blurred panel
+
+
+def test_an_untrained_unet_after_wiener_gives_wieners_result_and_the_figure_shows_it(
+    photo_path, tmp_path, capsys, figure_titles, monkeypatch
+):
+    # The first step is a sharper Wiener than the one compared against; made the same here, the
+    # untrained U-Net (its last convolution starts at zero) must give exactly Wiener's result
+    monkeypatch.setattr(Deblur, "FIRST_STEP_BALANCE", Deblur.WIENER_BALANCE)
+    args = ("--model", "unet", "--restore_from", "wiener", "--lr", "1e-12", "--num_epochs", "1")
+    assert run_deblur(photo_path, tmp_path, *args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    network = next(line for line in lines if line.startswith("Network:"))
+    wiener = next(line for line in lines if line.startswith("Wiener:"))
+    assert network.split("PSNR ")[1].split(" (")[0] == wiener.split("PSNR ")[1].split(" (")[0]
+    assert figure_titles["comparison.png"][2].startswith("Wiener\nPSNR ")
 
 
 def test_same_seed_gives_an_identical_reconstruction(photo_path, tmp_path):
@@ -123,12 +155,12 @@ def test_clipping_sees_unscaled_gradients_under_float16_and_a_grad_scaler(
 
 
 def test_auto_precision_on_a_cpu_is_bfloat16_only_where_it_is_fast(monkeypatch):
-    cfg = type("Settings", (), {"amp_dtype": "auto"})
     cpu = torch.device("cpu")
     for capability, expected in (("AVX512", torch.bfloat16), ("AVX2", torch.float32)):
         monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
-        assert Deblur.amp_dtype_of(cfg, cpu) == expected
-    assert Deblur.amp_dtype_of(cfg, torch.device("cuda")) == torch.float16
+        assert amp_dtype_for("auto", cpu) == expected
+    assert amp_dtype_for("auto", torch.device("cuda")) == torch.float16
+    assert amp_dtype_for("bfloat16", cpu) == torch.bfloat16
 
 
 def test_unloadable_vgg_weights_mean_mse_only_with_an_explanation(photo_path, tmp_path, capsys):
@@ -158,12 +190,15 @@ def test_divergence_stops_training_and_keeps_the_last_good_weights(photo_path, t
     assert reconstruction.std() > 0  # not NaN made one flat colour
 
 
-def test_a_long_run_suggests_the_quick_look(capsys, tmp_path):
-    cfg = type("Settings", (), {"num_epochs": 20000, "output_dir": tmp_path})
+@pytest.mark.parametrize("folder", [False, True], ids=["one image", "a folder"])
+def test_a_long_run_suggests_the_quick_look_of_its_mode(capsys, tmp_path, folder):
+    image_path = tmp_path if folder else tmp_path / "photo.png"
+    cfg = SimpleNamespace(num_epochs=20000, output_dir=tmp_path, image_path=str(image_path))
     progress = Progress(cfg, stop=None)
     progress.epoch = 10
     progress.log([0.1, 0.1, 0.0], rate=0.5)
-    assert f"A quick look: python Deblur.py {QUICK_LOOK}" in capsys.readouterr().out
+    expected = f"--image_path {tmp_path} {FOLDER_QUICK_LOOK}" if folder else QUICK_LOOK
+    assert f"A quick look: python Deblur.py {expected}" in capsys.readouterr().out
     progress.log([0.1, 0.1, 0.0], rate=0.5)
     assert "quick look" not in capsys.readouterr().out  # said once, at the first log line
 
@@ -213,7 +248,9 @@ def test_a_failing_compile_is_said_and_training_runs_eagerly(
     assert len(history(tmp_path)) == 2
 
 
-def test_the_host_waits_for_the_device_only_on_logged_epochs(photo_path, tmp_path, monkeypatch):
+def test_the_host_waits_for_the_device_only_on_logged_and_snapshot_epochs(
+    photo_path, tmp_path, monkeypatch
+):
     steps, waits = [0], set()
     real_step = torch.amp.GradScaler.step
     real_item, real_bool = torch.Tensor.item, torch.Tensor.__bool__
@@ -233,12 +270,13 @@ def test_the_host_waits_for_the_device_only_on_logged_epochs(photo_path, tmp_pat
     monkeypatch.setattr(torch.Tensor, "item", reading(real_item))
     monkeypatch.setattr(torch.Tensor, "__bool__", reading(real_bool))
     assert run_deblur(photo_path, tmp_path, "--num_epochs", "30", "--log_every", "10") == 0
-    # Before training (the baseline), then the logged epochs only. A `loss.item()` or
-    # `print(loss)` in the loop reads the loss every step: on a GPU the host then waits for the
-    # device every step, instead of queueing the next one.
-    assert waits == {0, 10, 20, 30}, (
-        f"the host read a tensor's value after steps {sorted(waits - {0, 10, 20, 30})}, which "
-        "are not logged epochs: on a GPU that makes the host wait for the device every step"
+    # Before training (the baseline), then the logged epochs and the progress.png snapshots (1, 2,
+    # 5, 10, 20 and the last) only. A `loss.item()` or `print(loss)` in the loop reads the loss
+    # every step: on a GPU the host then waits for the device every step, instead of queueing.
+    expected = {0, 1, 2, 5, 10, 20, 30}
+    assert waits == expected, (
+        f"the host read a tensor's value after steps {sorted(waits - expected)}, which are neither "
+        "logged nor snapshot epochs: on a GPU that makes the host wait for the device every step"
     )
 
 

@@ -23,8 +23,6 @@ from conftest import (
     png_bytes,
     run_deblur,
     save_photo,
-    signal_after,
-    start_a_long_run,
     tiny_run_args,
 )
 from PIL import Image
@@ -37,19 +35,41 @@ PRECIOUS = b"a file of the user's"
 EARLIER_CHECKPOINT = b"an earlier run's checkpoint: a day of training"
 LONG = ["--num_epochs", "100000", "--log_every", "5"]
 
-# ---- How each case runs: (command, environment) -> (exit code, stdout, stderr)
+# ---- How each case runs: (command, environment, folder) -> (exit code, stdout, stderr)
 
 
-def plain(command, env):
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+def plain(command, env, cwd):
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
     return result.returncode, result.stdout, result.stderr
+
+
+def signal_after(prefix, number):
+    """Sends signal `number` once the run prints a line starting with `prefix`."""
+
+    def run(command, env, cwd):
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd
+        )
+        seen = []
+        for raw in process.stdout:
+            line = raw.decode()
+            seen.append(line)
+            if line.startswith(prefix):
+                process.send_signal(number)
+                break
+        out, err = process.communicate(timeout=120)
+        return process.returncode, "".join(seen) + out.decode(), err.decode()
+
+    return run
 
 
 def pipe_closed_after(lines, then_signal=None):
     """`| head -N` (the reader goes after N lines), or `| tee` and Ctrl-C (tee dies first)."""
 
-    def run(command, env):
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    def run(command, env, cwd):
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd
+        )
         seen = [process.stdout.readline().decode() for _ in range(lines)]
         process.stdout.close()
         if then_signal:
@@ -62,9 +82,11 @@ def pipe_closed_after(lines, then_signal=None):
 
 
 def shell(redirection):
-    def run(command, env):
+    def run(command, env, cwd):
         line = f"exec {shlex.join(command)} {redirection}"
-        result = subprocess.run(["bash", "-c", line], capture_output=True, text=True, env=env)
+        result = subprocess.run(
+            ["bash", "-c", line], capture_output=True, text=True, env=env, cwd=cwd
+        )
         return result.returncode, result.stdout, result.stderr
 
     return run
@@ -77,11 +99,21 @@ def earlier_checkpoint_in(out):
 
 
 def sigterm_in_a_folder_with_a_space(d):
+    """With the shipped images, by relative paths that exist only next to Deblur.py, from a folder
+    that is not the project."""
     out = earlier_checkpoint_in(d / "my run")
-    return save_photo(d), [*LONG, "--output_dir", str(out)]
+    return "data/sample.jpg", [
+        *LONG,
+        "--output_dir",
+        str(out),
+        "--holdout_path",
+        "data/holdout.jpg",
+    ]
 
 
-# (case, how to prepare the folder -> (image, extra args), how it runs, exit code, words)
+# (case, how to prepare the folder -> (image, extra args), how it runs, exit code, words).
+# Each runs in its own folder, not the project's: so every case also shows that the script runs
+# from anywhere.
 CASES = [
     (
         "SIGTERM mid-run, in a folder with a space",
@@ -100,6 +132,14 @@ CASES = [
     ),
     ("stdout closed (>&-)", lambda d: (save_photo(d), []), shell(">&-"), 0, ""),
     ("stdout full (> /dev/full)", lambda d: (save_photo(d), []), shell("> /dev/full"), 0, "lost"),
+    ("a missing image", lambda d: (d / "nowhere.jpg", []), plain, 2, "error: image not found"),
+    (
+        "a malformed option",
+        lambda d: (save_photo(d), ["--lr", "fast"]),
+        plain,
+        2,
+        "Deblur.py: error: argument --lr",
+    ),
 ]
 
 
@@ -112,9 +152,9 @@ def runs(request, tmp_path_factory):
         env["OMP_NUM_THREADS"] = "1"  # three at a time on few cores: one thread each
         return args, digests(folder), env
 
-    def execute(case, ready):
+    def execute(case, folder, ready):
         args, _, env = ready
-        return case[2]([*SCRIPT, *args], env)
+        return case[2]([*SCRIPT, *args], env, folder)
 
     return ParallelRuns(request, tmp_path_factory, CASES, prepare, execute)
 
@@ -127,9 +167,16 @@ def test_a_fault_loses_nothing_and_ends_in_one_clear_line(runs, case):
     assert words in out + err, out + err
     assert "Traceback" not in err and "Warning" not in err, err
     assert len([line for line in err.splitlines() if line.startswith("error:")]) <= 1, err
+    if code == 2:  # bad input: that one line, and nothing else
+        assert len(err.strip().splitlines()) == 1, err
     after = set(digests(folder).values())
     lost = [path for path, digest in before.items() if digest not in after]
     assert not lost, f"lost: {lost}"
+
+
+def test_the_script_runs_from_another_folder_with_the_shipped_images(runs):
+    (_, out, _), *_ = runs["SIGTERM mid-run, in a folder with a space"]
+    assert "Using device: cpu" in out and "held out:" in out
 
 
 def test_a_stopped_run_saves_everything_and_its_printed_command_resumes_it(runs, capsys):
@@ -163,18 +210,26 @@ def test_a_closed_pipe_costs_no_training(runs):
     assert torch.load(folder / "out" / "checkpoint.pt", weights_only=True)["epoch"] >= 1
 
 
-def test_a_second_run_in_the_same_folder_is_refused_naming_the_first(photo_path, tmp_path, capsys):
+def test_a_second_run_in_the_same_folder_is_refused_naming_the_first(
+    photo_path, tmp_path, monkeypatch, capsys
+):
+    # The second run starts while the first is at epoch 5. The lock is flock's, held by an open
+    # file: a second opening of it conflicts in one process as it does between two.
     out = tmp_path / "out"
-    first = start_a_long_run(photo_path, out, until="Epoch 5,")
-    second = run_deblur(photo_path, out)  # in this process, while the first trains
-    first.send_signal(signal.SIGINT)
-    first.communicate(timeout=60)
+    seconds = []
+    real_due = Progress.due
+
+    def second_run_at_epoch_5(progress, epoch):
+        if epoch == 5:
+            seconds.append(run_deblur(photo_path, out))
+        return real_due(progress, epoch)
+
+    monkeypatch.setattr(Progress, "due", second_run_at_epoch_5)
+    assert run_deblur(photo_path, out, "--num_epochs", "6") == 0  # the first run goes on
     errors = capsys.readouterr().err.strip().splitlines()
-    assert second == 2 and len(errors) == 1, errors
-    assert f"another Deblur run (PID {first.pid}) is using output_dir {out}" in errors[0]
-    assert first.returncode == 130
-    epoch = torch.load(out / "checkpoint.pt", weights_only=True)["epoch"]
-    assert epoch >= 5  # the first run's, untouched
+    assert seconds == [2] and len(errors) == 1, errors
+    assert f"another Deblur run (PID {os.getpid()}) is using output_dir {out}" in errors[0]
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 6  # the first's
 
 
 # ---- The same kinds of fault where no real process is needed: in this process, in less time
@@ -233,6 +288,7 @@ def test_a_disk_full_inside_torch_save_replaces_nothing_and_leaves_no_partial_fi
     assert run_deblur(photo_path, out) == 1
     err = capsys.readouterr().err
     assert "could not write" in err and "nothing was replaced" in err
+    assert "the disk is probably full" in err  # not only PyTorch's words for it
     assert (out / "checkpoint.pt").read_bytes() == EARLIER_CHECKPOINT
     assert not list(out.glob(".*partial"))
 
@@ -410,32 +466,29 @@ def fill(folder):
             pass
 
 
-def test_a_briefly_full_disk_mid_run_is_a_warning_and_training_goes_on(small_disk, tmp_path):
+def test_a_briefly_full_disk_mid_run_is_a_warning_and_training_goes_on(
+    small_disk, tmp_path, monkeypatch, capsys
+):
     out = small_disk / "out"
     out.mkdir()
     (out / "notes.txt").write_bytes(PRECIOUS)
     before = digests(small_disk)
-    args = tiny_run_args(save_photo(tmp_path), out, "--checkpoint_every", "10", *LONG)
-    process = subprocess.Popen(
-        [*SCRIPT, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    lines, freed = [], None
-    for line in process.stdout:
-        lines.append(line)
-        if line.startswith("Epoch 10,"):
+    real_due = Progress.due
+
+    def disk_full_from_epoch_10_to_12(progress, epoch):
+        if epoch == 10:  # before epoch 10's history row and checkpoint are written
             fill(out)
-        if line.startswith("warning: could not write"):
+        if epoch == 12:
             (out / "filler").unlink()
-            freed = len(lines)
-        if line.startswith("Epoch 30,"):
-            process.send_signal(signal.SIGTERM)
-            break
-    rest = process.communicate(timeout=120)[0]
-    output = "".join(lines) + rest
-    assert process.returncode == 143, output
-    assert "training goes on" in output and "Traceback" not in output
-    assert freed is not None, output
-    assert any(line.startswith("Epoch 20,") for line in lines[freed:]), output
-    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] >= 30
-    assert (out / "history.csv").read_text().count("\n") >= 7  # header and epochs 5 .. 30
+        return real_due(progress, epoch)
+
+    monkeypatch.setattr(Progress, "due", disk_full_from_epoch_10_to_12)
+    signal_during(monkeypatch, Progress, "due", signal.SIGTERM, first=30)
+    args = ("--checkpoint_every", "10", "--log_every", "5", "--num_epochs", "100000")
+    assert run_deblur(save_photo(tmp_path), out, *args) == 143
+    captured = capsys.readouterr()
+    assert "could not write" in captured.err and "training goes on" in captured.err
+    assert "Epoch 20," in captured.out
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 30
+    assert (out / "history.csv").read_text().count("\n") == 7  # header, epochs 5, 10, .. 30
     assert set(before.values()) <= set(digests(small_disk).values())
