@@ -56,6 +56,7 @@ def test_a_folder_trains_on_crops_and_tests_on_two_unseen_images(folder, tmp_pat
     assert checkpoint["epoch"] == 6 and torch.is_tensor(checkpoint["crops_generator"])
     assert checkpoint["optimizer"]["param_groups"][0]["lr"] == 0  # the cosine's end
     assert Image.open(tmp_path / "out" / "reconstructed_image.jpg").size == (40, 36)  # own size
+    assert Image.open(tmp_path / "out" / "progress.gif").n_frames == 6  # epochs 1, 2, 5 and 6
 
 
 def test_a_resumed_folder_run_equals_an_uninterrupted_one(folder, tmp_path, monkeypatch):

@@ -22,6 +22,9 @@ def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(photo_path, tm
         assert torch.equal(tensor, split["model"][name]), name
     logged = {row[0]: row[:5] for row in split["history"]}  # the split run also logged epoch 5
     assert [logged[row[0]] for row in whole["history"]] == [row[:5] for row in whole["history"]]
+    # progress.png's strip goes on where it stopped: the same frames, at the same PSNR
+    assert [frame[:2] for frame in split["frames"]] == [frame[:2] for frame in whole["frames"]]
+    assert [frame[0] for frame in whole["frames"]] == [1, 2, 5, 8]
 
 
 def test_fresh_runs_keep_every_earlier_checkpoint_under_a_new_number(photo_path, tmp_path, capsys):

@@ -15,7 +15,7 @@ from torchvision.models import VGG19_Weights
 
 import Deblur
 from plumbing.device import amp_dtype_for
-from plumbing.progress import FOLDER_QUICK_LOOK, QUICK_LOOK, Progress
+from plumbing.progress import FOLDER_QUICK_LOOK, QUICK_LOOK, Progress, frame_epochs
 
 LOG_LINE = re.compile(
     r"^Epoch (\d+), Total Loss: \d+\.\d{6}, MSE: \d+\.\d{6}, Perceptual: \d+\.\d{6}, "
@@ -43,6 +43,19 @@ def test_short_run_lowers_the_loss_and_writes_every_output(photo_path, tmp_path)
     assert Image.open(out / "reconstructed_image.jpg").size == (32, 32)
     assert Image.open(out / "comparison.png").size == (2000, 560)  # one row of four panels
     assert Image.open(out / "training_curves.png").size == (1200, 450)
+
+
+def test_frames_of_progress_png_are_spaced_logarithmically_and_end_at_the_last_epoch():
+    assert sorted(frame_epochs(1000)) == [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
+    assert sorted(frame_epochs(30)) == [1, 2, 5, 10, 20, 30]
+
+
+def test_every_run_writes_progress_png_and_gif_with_a_frame_per_snapshot(photo_path, tmp_path):
+    assert run_deblur(photo_path, tmp_path, "--num_epochs", "6") == 0
+    # The blurred input, epochs 1, 2, 5 and 6, the sharp original: six tiles of the 32-pixel image
+    # enlarged four times, under a 36-pixel caption
+    assert Image.open(tmp_path / "progress.png").size == (6 * 128, 128 + 36)
+    assert Image.open(tmp_path / "progress.gif").n_frames == 6
 
 
 def test_the_network_learns_to_turn_the_blurred_image_into_the_sharp_one(

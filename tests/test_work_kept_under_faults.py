@@ -262,7 +262,8 @@ def test_a_signal_mid_run_saves_everything_at_the_epoch_it_names(
     stopped = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)["epoch"]
     assert stopped == 7
     assert "Training stopped early at epoch 7 of 100000. To continue: python" in out
-    for name in ("history.csv", "comparison.png", "reconstructed_image.jpg", "training_curves.png"):
+    outputs = ("history.csv", "comparison.png", "reconstructed_image.jpg", "training_curves.png")
+    for name in (*outputs, "progress.png", "progress.gif"):
         assert (tmp_path / "out" / name).exists(), name
 
 
