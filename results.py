@@ -49,18 +49,17 @@ RL_ITERATIONS = {"gaussian": 100, "motion": 20, "defocus": 20, "box": 20}
 
 
 def richardson_lucy(blurred, kernel, kind):
-    """scikit-image's Richardson-Lucy deconvolution with the known kernel, per channel, after
-    replicating the edges by the kernel's width (it assumes zeros past them). In float32: as
-    exact here, and twice to twenty times as fast as float64."""
+    """scikit-image's Richardson-Lucy deconvolution with the known kernel, after replicating the
+    edges by the kernel's width (it assumes zeros past them). The three channels in one call, with
+    the kernel one channel deep: scipy convolves along no axis of length 1, so this is the
+    per-channel result exactly, in a third of the calls. In float32: as exact here, and twice to
+    twenty times as fast as float64."""
     pad = kernel.shape[0]
     padding = ((pad, pad), (pad, pad), (0, 0))
     image = np.pad(to_hwc(blurred), padding, mode="edge")
-    psf = kernel.astype(np.float32)
-    channels = []
-    for channel in range(3):
-        deconvolved = restoration.richardson_lucy(image[..., channel], psf, RL_ITERATIONS[kind])
-        channels.append(deconvolved[pad:-pad, pad:-pad])
-    return torch.from_numpy(np.stack(channels))[None].clamp(0, 1)
+    psf = kernel.astype(np.float32)[..., None]
+    deconvolved = restoration.richardson_lucy(image, psf, RL_ITERATIONS[kind])[pad:-pad, pad:-pad]
+    return torch.from_numpy(deconvolved).permute(2, 0, 1)[None].clamp(0, 1)
 
 
 # The Wiener filter's regulariser per blur kind, tuned on the sample (benchmarks/tune_baselines.py)

@@ -2,8 +2,10 @@
 run of seconds, running Deblur in-process or as a process, and the digests of a user's files."""
 
 import hashlib
+import os
 import struct
 import sys
+import tempfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,6 +14,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+# One core for this process, the other for the real processes that ProcessTable runs meanwhile:
+# on 32-pixel images a second thread gains little, and two threads sharing a core with a process
+# cost more than one (each waits, spinning, for the other).
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -134,29 +141,56 @@ def run_deblur(image, out, *extra, vgg_weights=None):
     return Deblur.main(tiny_run_args(image, out, *extra), vgg_weights=vgg_weights)
 
 
-class ParallelRuns(dict):
+class ProcessTable(dict):
     """{case name: (result, folder, *what prepare returned)} for a table of cases, each a real
-    process in a folder of its own. The cases the session selected run at once, three at a time
-    (each process spends seconds importing torch); any other case runs when first asked for."""
+    process in a folder of its own. A process spends seconds importing torch on one core: so the
+    cases the session selected start as soon as it knows its tests (pytest_collection_finish,
+    below), one at a time in the background, while the tests in this process use the other core.
+    A test that asks for a case waits for it; any other case runs when first asked for."""
 
-    def __init__(self, request, tmp_path_factory, cases, prepare, execute):
+    made = []  # every table a test module made, to start and to close
+
+    def __init__(self, cases, prepare, execute):
         super().__init__()
-        self.factory, self.cases = tmp_path_factory, cases
-        self.prepare, self.execute = prepare, execute
-        ids = {item.callspec.id for item in request.session.items if hasattr(item, "callspec")}
-        self.run([case for case in cases if case[0] in ids])
+        self.cases = {case[0]: case for case in cases}
+        self.prepare = prepare
+        self.execute = execute
+        self.pending = {}
+        self.folders = tempfile.TemporaryDirectory(prefix="deblur-cases-")
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        ProcessTable.made.append(self)
 
-    def run(self, cases):
-        folders = [self.factory.mktemp("case") for _ in cases]
-        prepared = [self.prepare(case, folder) for case, folder in zip(cases, folders, strict=True)]
-        with ThreadPoolExecutor(max_workers=3) as pool:
-            results = list(pool.map(self.execute, cases, folders, prepared))
-        for case, result, folder, ready in zip(cases, results, folders, prepared, strict=True):
-            self[case[0]] = (result, folder, *ready)
+    def start(self, names):
+        environ = dict(os.environ)  # as the session began, before any test changes it
+        for name in self.cases.keys() & names:
+            self.pending[name] = self.pool.submit(self.run, name, environ)
+
+    def run(self, name, environ):
+        folder = Path(tempfile.mkdtemp(dir=self.folders.name))
+        ready = self.prepare(self.cases[name], folder, environ)
+        return (self.execute(self.cases[name], folder, ready), folder, *ready)
 
     def __missing__(self, name):
-        self.run([case for case in self.cases if case[0] == name])
+        pending = self.pending.pop(name, None)
+        self[name] = pending.result() if pending else self.run(name, dict(os.environ))
         return self[name]
+
+    def close(self):
+        self.pool.shutdown(cancel_futures=True)
+        self.folders.cleanup()
+
+
+def pytest_collection_finish(session):
+    if session.config.option.collectonly:
+        return
+    ids = {item.callspec.id for item in session.items if hasattr(item, "callspec")}
+    for table in ProcessTable.made:
+        table.start(ids)
+
+
+def pytest_sessionfinish(session):
+    for table in ProcessTable.made:
+        table.close()
 
 
 @pytest.fixture
