@@ -162,8 +162,9 @@ class ProcessTable(dict):
 
     def start(self, names):
         environ = dict(os.environ)  # as the session began, before any test changes it
-        for name in self.cases.keys() & names:
-            self.pending[name] = self.pool.submit(self.run, name, environ)
+        for name in self.cases:
+            if name in names:
+                self.pending[name] = self.pool.submit(self.run, name, environ)
 
     def run(self, name, environ):
         folder = Path(tempfile.mkdtemp(dir=self.folders.name))
