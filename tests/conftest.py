@@ -1,5 +1,6 @@
 """Helpers the test files share, one per job: a test photo, a PNG written by hand, the settings of a
-run of seconds, running Deblur in-process or as a process, and the digests of a user's files."""
+run of seconds, running Deblur in-process or as real processes in the background, and the digests
+of a user's files."""
 
 import hashlib
 import os
@@ -52,6 +53,10 @@ TINY = {
     "resume": "",
     "apply": "",
 }
+
+# For float16 and bfloat16 on a CPU, which emulates them slowly (without AVX-512): 16 px, and a
+# blur that fits in them
+HALF_PRECISION_SIZE = ("--image_size", "16", "--blur_radius", "2")
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,7 @@ and a checkpoint that is not one, or of another problem, is refused before anyth
 
 import pytest
 import torch
-from conftest import run_deblur, save_photo
+from conftest import HALF_PRECISION_SIZE, run_deblur, save_photo
 
 
 def checkpoint_of(out):
@@ -64,17 +64,13 @@ def test_resume_with_a_new_learning_rate_is_allowed_and_said(photo_path, tmp_pat
 def test_resume_may_switch_between_bfloat16_and_float16_with_a_grad_scaler(
     photo_path, tmp_path, capsys
 ):
-    # 16 px: bfloat16 is emulated, and slow, on a CPU without AVX-512
-    small = ("--image_size", "16", "--blur_radius", "2")
-    assert (
-        run_deblur(photo_path, tmp_path, *small, "--num_epochs", "1", "--amp_dtype", "bfloat16")
-        == 0
-    )
-    args = (*small, "--num_epochs", "2", "--amp_dtype", "float16", "--resume")
+    args = (*HALF_PRECISION_SIZE, "--num_epochs", "1", "--amp_dtype", "bfloat16")
+    assert run_deblur(photo_path, tmp_path, *args) == 0
+    args = (*HALF_PRECISION_SIZE, "--num_epochs", "2", "--amp_dtype", "float16", "--resume")
     assert run_deblur(photo_path, tmp_path, *args) == 0
     assert checkpoint_of(tmp_path)["scaler"]["scale"] > 0
-    args = (*small, "--num_epochs", "3", "--amp_dtype", "bfloat16", "--resume", "--log_every", "1")
-    assert run_deblur(photo_path, tmp_path, *args) == 0
+    args = (*HALF_PRECISION_SIZE, "--num_epochs", "3", "--amp_dtype", "bfloat16", "--resume")
+    assert run_deblur(photo_path, tmp_path, *args, "--log_every", "1") == 0
     message = "resuming with amp_dtype = 'bfloat16' (the checkpoint used 'float16')"
     assert message in capsys.readouterr().out
 

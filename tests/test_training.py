@@ -9,7 +9,7 @@ import matplotlib.pyplot
 import numpy as np
 import pytest
 import torch
-from conftest import run_deblur
+from conftest import HALF_PRECISION_SIZE, run_deblur
 from PIL import Image
 from torchvision.models import VGG19_Weights
 
@@ -162,17 +162,7 @@ def test_clipping_sees_unscaled_gradients_under_float16_and_a_grad_scaler(
 ):
     for dtype in ("float16", "float32"):  # the same first step, with a GradScaler and without
         first_clip_norms.label = dtype
-        # 16 px: float16 is emulated, and slow, on a CPU
-        args = (
-            "--amp_dtype",
-            dtype,
-            "--num_epochs",
-            "1",
-            "--image_size",
-            "16",
-            "--blur_radius",
-            "2",
-        )
+        args = ("--amp_dtype", dtype, "--num_epochs", "1", *HALF_PRECISION_SIZE)
         assert run_deblur(photo_path, tmp_path / dtype, *args) == 0
     assert first_clip_norms["float16"] == pytest.approx(first_clip_norms["float32"], rel=0.05)
 

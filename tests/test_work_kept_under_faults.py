@@ -15,6 +15,7 @@ import pytest
 import torch
 import torchvision
 from conftest import (
+    HALF_PRECISION_SIZE,
     ROOT,
     SCRIPT,
     ProcessTable,
@@ -420,7 +421,7 @@ SMALLER_FAULTS = [
     (
         "float16 on a CPU",
         save_photo,
-        ["--amp_dtype", "float16", "--num_epochs", "1", "--image_size", "16", "--blur_radius", "2"],
+        ["--amp_dtype", "float16", "--num_epochs", "1", *HALF_PRECISION_SIZE],
         0,
         "emulated",
     ),
