@@ -84,12 +84,22 @@ def wiener(blurred, kernel, balance, pad=True):
     return restored.contiguous(memory_format=torch.channels_last)
 
 
+TRANSFER_FUNCTIONS = {}  # {(kernel, its shape and dtype, size, device): its transfer function}
+
+
 def transfer_function(kernel, size, processor):
-    """The kernel's 2-D Fourier transform at `size`, its centre moved to pixel (0, 0)."""
-    placed = torch.zeros(size, device=processor)
-    placed[: kernel.shape[0], : kernel.shape[1]] = torch.as_tensor(kernel, device=processor)
-    centre = (-(kernel.shape[0] // 2), -(kernel.shape[1] // 2))
-    return torch.fft.rfft2(placed.roll(centre, dims=(0, 1)))
+    """The kernel's 2-D Fourier transform at `size`, its centre moved to pixel (0, 0). Made once
+    for each kernel, size and device: a folder's every step asks for the same three, and making
+    one copies the kernel from the host."""
+    key = (kernel.tobytes(), kernel.shape, kernel.dtype.str, tuple(size), torch.device(processor))
+    if key not in TRANSFER_FUNCTIONS:
+        if len(TRANSFER_FUNCTIONS) >= 32:  # a long-lived process (the tests): start afresh
+            TRANSFER_FUNCTIONS.clear()
+        placed = torch.zeros(size, device=processor)
+        placed[: kernel.shape[0], : kernel.shape[1]] = torch.as_tensor(kernel, device=processor)
+        centre = (-(kernel.shape[0] // 2), -(kernel.shape[1] // 2))
+        TRANSFER_FUNCTIONS[key] = torch.fft.rfft2(placed.roll(centre, dims=(0, 1)))
+    return TRANSFER_FUNCTIONS[key]
 
 
 def wiener_reach(kernel):

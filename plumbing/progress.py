@@ -74,6 +74,7 @@ class Progress:
         self.timer = perf_counter()
         self.watched = None  # (network input, sharp, border) of the image progress.png shows
         self.frames = []  # [epoch, PSNR, small 8-bit reconstruction] at each of frame_epochs
+        self.frame_at = frame_epochs(cfg.num_epochs)  # worked out once, not every step
 
     @cached_property
     def image_digest(self):
@@ -94,7 +95,7 @@ class Progress:
         final = epoch == self.cfg.num_epochs or stopping
         logs = epoch % self.cfg.log_every == 0 or final
         saves = epoch % self.cfg.checkpoint_every == 0 or final
-        frame = self.watched is not None and (final or epoch in frame_epochs(self.cfg.num_epochs))
+        frame = self.watched is not None and (final or epoch in self.frame_at)
         if logs or saves or frame:
             return Due(logs, saves, final, stopping, frame)
         return None

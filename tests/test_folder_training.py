@@ -106,6 +106,29 @@ def test_wiener_first_crops_see_no_made_up_edge():
     assert (inputs - sharp).abs().max() < 2 / 255
 
 
+def test_a_folders_steps_after_the_first_copy_no_kernel_to_the_device(monkeypatch):
+    """The blur's and Wiener's transfer functions are made at the first step and kept: on a GPU,
+    a kernel copied from the host every step can hold the host until the device catches up."""
+    cfg = SimpleNamespace(crop_size=16, batch_size=2, restore_from="wiener", blur_kind="gaussian")
+    kernel = Deblur.blur_kernel("gaussian", 2.0)
+    photos = [torch.full((3, 160, 160), 128, dtype=torch.uint8)]
+    generator = torch.Generator().manual_seed(0)
+    cpu = torch.device("cpu")
+    steps = Deblur.folder_batches(photos, kernel, cfg, generator, None, None, cpu)
+    next(steps)
+    copies = []
+    real_as_tensor = torch.as_tensor
+
+    def counted_as_tensor(*args, **kwargs):
+        copies.append(args[0])
+        return real_as_tensor(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "as_tensor", counted_as_tensor)
+    for _ in range(3):
+        next(steps)
+    assert copies == []
+
+
 def test_a_folder_warms_the_learning_rate_up_then_decays_it():
     cfg = SimpleNamespace(lr=1e-3, num_epochs=1000)
     assert Deblur.learning_rate(cfg, 50) == pytest.approx(0.5e-3 * (1 + math.cos(math.pi / 20)) / 2)
