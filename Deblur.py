@@ -1,59 +1,72 @@
 """Deblur: remove blur from an image by training a small residual CNN on that very image (or,
-given a folder, on random crops of its photos), measured against classical deconvolution and on
-images it never saw. Read it top to bottom: settings, data, model, loss, the training loop,
-results, the job. The plumbing it borrows is in plumbing/, one module per concern, and the
-figures are drawn by results.py.
+given a folder, on random crops of its photos, blurred one way or, with blur_kind = "random", any
+way), measured against classical deconvolution and on images it never saw. Read it top to bottom:
+settings, data, model, loss, the training loop, results, the job. The blur model (kernels, noise,
+Wiener, Richardson-Lucy) is in blurs.py, the figures in results.py, the plumbing in plumbing/.
 """
 
 import math
 from functools import partial
 from itertools import repeat
 from pathlib import Path
+from typing import NamedTuple
 
-import numpy as np
 import torch
 from PIL import ImageFilter
-from scipy.fft import next_fast_len
 from torch import nn
 from torch.nn import functional as F
 
+from blurs import (
+    BLUR_KINDS,
+    blur,
+    blur_kernel,
+    described,
+    drawn,
+    estimated_noise,
+    kernel_width,
+    photographed,
+    richardson_lucy,
+    rl_iterations,
+    wiener,
+    wiener_balance,
+)
+from networks import DeblurNet, UNet
 from PerceptualLoss import load_vgg19_loss
-from plumbing.checkpoints import load_weights, read_checkpoint, restore_training, trained_settings
+from plumbing.checkpoints import (
+    blur_to_undo,
+    check_same_images,
+    load_weights,
+    read_checkpoint,
+    restore_training,
+)
 from plumbing.command_line import check_something_to_learn, settings_in
 from plumbing.device import amp_dtype_for, compiled_on_first_batch, pick_device
+from plumbing.errors import note
 from plumbing.files import locked_output_dir, photo_output, save_image, space_needed
 from plumbing.images import (
+    as_8_bits,
+    as_image,
     check_blur_fits,
     image_to_tensor,
     input_paths,
     read_image_folder,
     read_rgb_image,
     resized,
-    tensor_to_image,
 )
 from plumbing.job import run_job
-from plumbing.progress import Progress, in_strips, print_plan, report_outcome
-from results import (
-    WIENER_BALANCE,
-    image_quality,
-    print_summary,
-    richardson_lucy,
-    row_of,
-    save_results,
-    transfer_function,
-    wiener,
-    wiener_reach,
-)
-from UNet import UNet
+from plumbing.kernel_file import read_kernel
+from plumbing.progress import Progress, in_tiles, print_plan, report_outcome
+from results import best_wiener, image_quality, print_summary, row_of, save_results
 
 # ---- Settings: edit a line, or override it for one run: python Deblur.py --num_epochs 300
 image_path = "data/sample.jpg"  # the training image, or a folder of them (see crop_size)
 image_size = 512  # the image is resized to image_size x image_size pixels (16 to 4096)
 crop_size = 48  # a folder: each step trains on random crop_size x crop_size crops of its images
 batch_size = 16  # a folder: crops per step
-blur_kind = "gaussian"  # the blur to undo: gaussian (Pillow's GaussianBlur), motion, defocus or box
+blur_kind = "gaussian"  # the blur: gaussian (Pillow's), motion, defocus, box, or random: any
 blur_radius = 5.0  # blur size in pixels: Gaussian sigma, half the motion length, disk or box radius
 blur_angle = 0.0  # direction of a motion blur, in degrees anticlockwise from horizontal
+noise_level = 0.0  # noise added after the blur, its standard deviation in 8-bit steps (0 to 64)
 num_epochs = 20000  # one optimisation step on the single image pair per epoch
 lr = 0.0001  # Adam learning rate
 weight_decay = 1e-5  # Adam weight decay (L2 regularisation)
@@ -63,139 +76,89 @@ perceptual_weight = 0.1  # weight of the VGG19 perceptual loss; 0 skips loading 
 max_grad_norm = 1.0  # gradients are clipped to this norm
 log_every = 10  # print a progress line and a history.csv row every this many epochs (and the last)
 checkpoint_every = 1000  # write output_dir/checkpoint.pt every this many epochs (and at the end)
-seed = 0  # seeds the network's initialisation: same seed and settings, same result on a CPU
+seed = 0  # seeds the initialisation, crops and blurs: same seed and settings, same result on a CPU
 device = "auto"  # auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps
 amp_dtype = "auto"  # auto (float16 on CUDA, bfloat16 on a CPU with AVX-512, else float32) or one
 torch_compile = "auto"  # torch.compile the network and VGG19: auto (on CUDA only), on or off
-model = "deblurnet"  # the network: deblurnet (the original's) or unet (UNet.py, sees 105x105 px)
+model = "deblurnet"  # the network: deblurnet (the original's) or unet (networks.py, sees 105 px)
 restore_from = "blurred"  # what the network restores: the blurred image, or wiener (deconvolved)
 holdout_path = "data/holdout.jpg"  # a second image, never trained on, to test on; '' skips it
 output_dir = "."  # where results, history.csv and checkpoint.pt are written (created if missing)
 resume = ""  # '' starts afresh; auto (or a bare --resume): output_dir/checkpoint.pt; or a path
 apply = ""  # a photo to deblur with the network in --resume's checkpoint, instead of training
+kernel = ""  # --apply: the photo's measured blur kernel, a grayscale image or a .npy array
 # ----
 SETTINGS = settings_in(globals())
 
 
 # ---- Data: a blurred image and its sharp original, always in that order
-def load_image_pair(path, size, kind="gaussian", radius=5.0, angle=0.0, setting="image_path"):
-    """(blurred, sharp): the image resized to size x size (None: as it is) and blurred by `kind`."""
+class Pair(NamedTuple):
+    """A test image: blurred, sharp, and the blur: its kernel and its noise (8-bit steps)."""
+
+    blurred: torch.Tensor
+    sharp: torch.Tensor
+    kernel: object  # a (k, k) NumPy array
+    noise: float
+
+
+def load_sharp(path, size, setting="image_path"):
+    """The image as 8-bit RGB, resized to size x size as the original did (None: as it is)."""
     image = read_rgb_image(path, setting)
-    sharp = resized(image, size, path) if size else image  # the original's square
-    if kind == "gaussian":  # exactly the original's blur
-        return sharp.filter(ImageFilter.GaussianBlur(radius=radius)), sharp
-    blurred = blur(image_to_tensor(sharp, "cpu"), blur_kernel(kind, radius, angle))
-    return tensor_to_image(blurred), sharp
+    return resized(image, size, path) if size else image
 
 
-def blur(images, kernel, pad=True):
-    """Each channel convolved with the kernel (by FFT, on the images' device), the edges replicated
-    as Pillow's filters do, or with pad=False none: the result is then smaller by the kernel's
-    width - 1, all of it from real pixels. Rounded to 8 bits, as a saved image is."""
-    half = kernel.shape[0] // 2
-    if pad:
-        images = F.pad(images, [half] * 4, mode="replicate")
-    height, width = images.shape[-2:]
-    size = (next_fast_len(height), next_fast_len(width))  # zeros past the end: a faster FFT
-    transfer = transfer_function(kernel, size, images.device)
-    blurred = torch.fft.irfft2(torch.fft.rfft2(images.float(), s=size) * transfer, s=size)
-    blurred = blurred[..., half : height - half, half : width - half]  # none of it wrapped
-    return (blurred * 255).round().contiguous(memory_format=torch.channels_last) / 255
-
-
-BLUR_KINDS = ("gaussian", "motion", "defocus", "box")
-
-
-def blur_kernel(kind, radius, angle=0.0):
-    """The blur as an explicit 2-D kernel summing to 1: what the classical baselines deconvolve."""
-    if kind == "gaussian":
-        return np.outer(pillow_gaussian_1d(radius), pillow_gaussian_1d(radius))
-    half = math.ceil(radius)
-    y, x = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float64)
-    if kind == "box":
-        kernel = np.ones_like(x)
-    elif kind == "defocus":  # the uniform disk an out-of-focus lens spreads a point into
-        kernel = (x**2 + y**2 <= radius**2).astype(np.float64)
-    elif kind == "motion":  # a line 2 * radius + 1 pixels long through the centre, anti-aliased
-        along = np.cos(np.radians(angle)) * x - np.sin(np.radians(angle)) * y  # rows grow downwards
-        across = np.sin(np.radians(angle)) * x + np.cos(np.radians(angle)) * y
-        kernel = np.clip(1 - np.abs(across), 0, 1) * (np.abs(along) <= radius)
+def load_image_pair(path, size, cfg, generator, processor="cpu", setting="image_path"):
+    """A Pair of (1, 3, H, W) tensors: the image (load_sharp) blurred as the settings say (Pillow's
+    own GaussianBlur for gaussian, as the original; the random kind's kernel and noise level drawn
+    by `generator`), with noise_level's noise, in 8 bits."""
+    sharp_image = load_sharp(path, size, setting)
+    sharp = image_to_tensor(sharp_image, processor)
+    kernels, noise = drawn(cfg, 1, generator)
+    if cfg.blur_kind == "gaussian":  # exactly the original's blur
+        blurred = sharp_image.filter(ImageFilter.GaussianBlur(radius=cfg.blur_radius))
+        blurred = image_to_tensor(blurred, processor)
     else:
-        raise ValueError(f"unknown blur kind {kind!r}; the kinds are {', '.join(BLUR_KINDS)}")
-    return kernel / kernel.sum()
+        blurred = blur(sharp, kernels)
+    blurred = photographed(blurred, noise, generator)
+    return Pair(blurred, sharp, kernels.reshape(kernels.shape[-2:]), float(noise))
 
 
-def pillow_gaussian_1d(radius):
-    """Pillow's GaussianBlur is not a sampled Gaussian but three 'extended box' passes of variance
-    radius**2 / 3 each (Gwosdek et al.; Pillow's BoxBlur.c), with 24-bit fixed-point weights."""
-    variance = radius**2 / 3
-    inner = math.floor((math.sqrt(12 * variance + 1) - 1) / 2)
-    spill = (inner * (inner + 1) - 3 * variance) / (6 * (variance - (inner + 1) ** 2))
-    extended = inner + (2 * inner + 1) * spill
-    weight = math.floor(2**24 / (2 * extended + 1)) / 2**24
-    edge = (1 - (2 * inner + 1) * weight) / 2
-    box = np.array([edge, *[weight] * (2 * inner + 1), edge])
-    return np.convolve(np.convolve(box, box), box)
-
-
-# ---- Model: the original's DeblurNet, or the U-Net in UNet.py (model = "unet"), and its input
-class DeblurNet(nn.Module):
-    """Seven 3x3 convolutions, 3-64-128-256-256-128-64-3, Tanh between them, residual, sigmoid."""
-
-    REACH = 7  # seven 3x3 convolutions: an output pixel sees 7 pixels each way
-
-    def __init__(self):
-        super().__init__()
-        self.main = nn.Sequential(
-            nn.Conv2d(3, 64, kernel_size=3, padding=1),
-            nn.Tanh(),
-            nn.Conv2d(64, 128, kernel_size=3, padding=1),
-            nn.Tanh(),
-            nn.Conv2d(128, 256, kernel_size=3, padding=1),
-            nn.Tanh(),
-            nn.Conv2d(256, 256, kernel_size=3, padding=1),
-            nn.Tanh(),
-            nn.Conv2d(256, 128, kernel_size=3, padding=1),
-            nn.Tanh(),
-            nn.Conv2d(128, 64, kernel_size=3, padding=1),
-            nn.Tanh(),
-            nn.Conv2d(64, 3, kernel_size=3, padding=1),
-        )
-
-    def forward(self, x):
-        # The residual keeps the input's colours and structure; the convolutions add the detail.
-        return torch.sigmoid(self.main(x) + x)
-
-
+# ---- Model: the original's DeblurNet or the U-Net (networks.py), and what it is given
 MODELS = {"deblurnet": DeblurNet, "unet": UNet}
 
 
-def make_network(name, seed, processor):
+def make_network(name, restore_from, seed, processor):
+    """MODELS[name] for restore_from's input (network_input), initialised from `seed`."""
     torch.manual_seed(seed)  # the same seed, the same initial weights
-    return MODELS[name]().to(processor, memory_format=torch.channels_last)
+    inputs = 5 if restore_from == "wiener" else 3
+    return MODELS[name](inputs).to(processor, memory_format=torch.channels_last)
 
 
-# What the network is given. The first step's regulariser is a tenth of Wiener's own best
-# (results.py): sharper and noisier, and the network removes noise better than it restores detail
-# (docs/quick-look.md: a tenth beat a third on both unseen photos)
-FIRST_STEP_BALANCE = {kind: balance / 10 for kind, balance in WIENER_BALANCE.items()}
-
-
-def first_step(blurred, kernel, cfg, pad=True):
-    """What the network restores (its input): the blurred image, as in the original, or Wiener's
-    deconvolution of it, whose leftovers (ringing, lost fine detail) the network learns to mend."""
+def network_input(blurred, kernels, noise, cfg, pad=None):
+    """What the network restores: the blurred image, as in the original; or Wiener's deconvolution
+    of it with its kernel (one each), whose leftovers (ringing, noise) the network learns to mend,
+    with the noise level and the kernel's spread, which say how much there is to mend."""
     if cfg.restore_from == "wiener":
-        return wiener(blurred, kernel, FIRST_STEP_BALANCE[cfg.blur_kind], pad)
+        restored = wiener(blurred, kernels, wiener_balance(kernels, noise), pad)
+        return described(restored, kernels, noise)
     return blurred
 
 
-def input_margin(cfg, kernel):
-    """The margin the network's input needs around the pixels it restores: wiener_reach, rounded
-    up to a multiple of 16, so that a crop with it is a size the FFT computes fast."""
-    return -(-wiener_reach(kernel) // 16) * 16 if cfg.restore_from == "wiener" else 0
+def input_margin(cfg, width):
+    """The real pixels a crop's Wiener step needs around it: a kernel's width, rounded up to 16 so
+    that the crop's FFT is fast (beyond it the crop is extended smoothly by another width)."""
+    return -(-width // 16) * 16 if cfg.restore_from == "wiener" else 0
 
 
-# ---- Loss: mse_weight x MSE (or L1) + perceptual_weight x VGG19 distance, in the training loop
+# ---- Loss: mse_weight x MSE (or L1) + perceptual_weight x VGG19 distance
+def losses(cfg, vgg, restored, sharp, target_maps):
+    """(the loss trained on, the MSE (logged, as PSNR, whatever the loss), the perceptual term)."""
+    mse = F.mse_loss(restored, sharp)
+    pixel = F.l1_loss(restored, sharp) if cfg.pixel_loss == "l1" else mse
+    perceptual = vgg(restored, target_maps) if vgg else torch.zeros((), device=restored.device)
+    return cfg.mse_weight * pixel + cfg.perceptual_weight * perceptual, mse, perceptual
+
+
 def vgg_targets(vgg, sharp, amp):
     """The sharp images' VGG19 features: the fixed side of the perceptual loss (None: no VGG)."""
     if vgg is None:
@@ -206,25 +169,34 @@ def vgg_targets(vgg, sharp, amp):
 
 
 # ---- Training: one step per epoch, on the image pair or on a batch of a folder's crops
-def make_training(cfg, net, vgg_weights):
+class Facts(NamedTuple):
+    """What the settings decide for a run, worked out once and passed down."""
+
+    processor: torch.device
+    amp: torch.dtype  # the autocast dtype
+    folder: bool  # trained on a folder's crops, not on one image
+    width: int  # the blur kernel's width (the random family's largest)
+    margin: int  # the real pixels a crop's network input needs around it (input_margin)
+
+
+def make_training(cfg, net, vgg_weights, facts):
     """The perceptual loss (None for MSE only), Adam and the gradient scaler for `net`."""
-    processor = next(net.parameters()).device
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on CUDA (convolutions already are)
-    vgg = load_vgg19_loss(vgg_weights, processor) if cfg.perceptual_weight else None
+    vgg = load_vgg19_loss(vgg_weights, facts.processor) if cfg.perceptual_weight else None
     # Fused Adam: one kernel for all tensors, and no host sync for a GradScaler's skipped steps
-    fused = processor.type in ("cuda", "cpu")
+    fused = facts.processor.type in ("cuda", "cpu")
     adam = torch.optim.Adam(net.parameters(), cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
-    float16 = amp_dtype_for(cfg.amp_dtype, processor) == torch.float16
-    return vgg, adam, torch.amp.GradScaler(processor.type, enabled=float16)
+    scaler = torch.amp.GradScaler(facts.processor.type, enabled=facts.amp == torch.float16)
+    return vgg, adam, scaler
 
 
-def folder_batches(images, kernel, cfg, generator, vgg, amp, processor):
+def folder_batches(images, cfg, facts, generator, vgg):
     """Every step, batch_size random crops of the folder's images, each turned by a random multiple
     of 90 degrees and maybe mirrored (augmentation: 8 views of every crop), as (network input,
     sharp, VGG19 targets). Each is cut with margins, so that neither the blur nor the Wiener step
-    sees a made-up edge: the blur needs the kernel's half-width, Wiener its input_margin."""
-    blur_margin = kernel.shape[0] // 2
-    margin = blur_margin + input_margin(cfg, kernel)
+    sees a made-up edge, and blurred with its own kernel and noise (blurs.drawn)."""
+    blur_margin = facts.width // 2
+    margin = blur_margin + facts.margin
     size = cfg.crop_size + 2 * margin
     while True:
         crops = []
@@ -237,15 +209,32 @@ def folder_batches(images, kernel, cfg, generator, vgg, amp, processor):
                 crop = crop.flip(2)
             crops.append(crop)
         crops = torch.stack(crops)
-        if processor.type == "cuda":  # pinned: the copy to the GPU does not make the host wait
+        # Pinned, the copy to a GPU does not make the host wait; and only 8-bit crops cross over,
+        # to be blurred on the device, where the convolution is fast
+        if facts.processor.type == "cuda":
             crops = crops.pin_memory()
-        # Blurred on the device, where the convolution is fast: only 8-bit crops cross over
-        sharp = crops.to(processor, non_blocking=True, memory_format=torch.channels_last) / 255
-        inputs = first_step(blur(sharp, kernel, pad=False), kernel, cfg, pad=False)
-        inner = margin - blur_margin  # the blur took blur_margin off each side
+        crops = crops.to(facts.processor, non_blocking=True, memory_format=torch.channels_last)
+        sharp = crops / 255
+        kernels, noise = drawn(cfg, cfg.batch_size, generator)
+        blurred = photographed(blur(sharp, kernels, pad=False), noise, generator)
+        inputs = network_input(blurred, kernels, noise, cfg, pad=facts.width)
+        inner = facts.margin  # the blur took blur_margin off each side
         inputs = inputs[:, :, inner : inner + cfg.crop_size, inner : inner + cfg.crop_size]
         sharp = sharp[:, :, margin : margin + cfg.crop_size, margin : margin + cfg.crop_size]
-        yield inputs, sharp, vgg_targets(vgg, sharp, amp)
+        yield inputs, sharp, vgg_targets(vgg, sharp, facts.amp)
+
+
+def image_batches(pair, cfg, facts, generator, vgg):
+    """The one image every epoch, as (network input, sharp, VGG19 targets): its blurred version
+    made once, as in the original; or for random blur, blurred afresh every epoch."""
+    targets = vgg_targets(vgg, pair.sharp, facts.amp)
+    if cfg.blur_kind != "random":
+        made_once = network_input(pair.blurred, pair.kernel, pair.noise, cfg)
+        yield from repeat((made_once, pair.sharp, targets))
+    while True:
+        kernels, noise = drawn(cfg, 1, generator)
+        blurred = photographed(blur(pair.sharp, kernels), noise, generator)
+        yield network_input(blurred, kernels, noise, cfg), pair.sharp, targets
 
 
 WARM_UP = 100  # a folder's learning rate rises over this many steps
@@ -258,64 +247,71 @@ def learning_rate(cfg, epoch):
     return cfg.lr * warm_up * (1 + math.cos(math.pi * min(epoch / cfg.num_epochs, 1))) / 2
 
 
-def train(cfg, net, vgg, optimizer, scaler, batches, progress, folder=False):
+def training_step(cfg, net, vgg, optimizer, scaler, batch, facts):
+    """One optimisation step on a batch of (network input, sharp, VGG19 targets); returns the
+    loss terms, left on the device (reading them would make the host wait)."""
+    inputs, sharp, target_maps = batch  # inputs: the blurred images, or Wiener's
+    # Forward in mixed precision: float16 or bfloat16 where it is safe, float32 where not
+    with torch.autocast(facts.processor.type, dtype=facts.amp, enabled=facts.amp != torch.float32):
+        restored = net(inputs)
+        loss, mse, perceptual = losses(cfg, vgg, restored, sharp, target_maps)
+    # Backward; under float16 the loss is scaled up so that small gradients survive
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    # Unscale first, so that clipping sees the true gradients
+    scaler.unscale_(optimizer)
+    nn.utils.clip_grad_norm_(net.parameters(), cfg.max_grad_norm, foreach=True)
+    # Step (the scaler skips it if a float16 gradient overflowed)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss, mse, perceptual
+
+
+def train(cfg, net, vgg, optimizer, scaler, batches, progress, facts):
     """Trains epochs progress.epoch + 1 .. num_epochs on (network input, sharp, VGG19 targets)
     batches; returns 'done', 'stopped' or 'diverged'."""
-    processor = next(net.parameters()).device
-    amp = amp_dtype_for(cfg.amp_dtype, processor)
-    no_vgg = torch.zeros((), device=processor)  # the perceptual term without a VGG19
     progress.start(net)
     outcome = "done"
     for epoch in range(progress.epoch + 1, cfg.num_epochs + 1):
-        inputs, sharp, target_maps = next(batches)  # inputs: the blurred crops, or Wiener's
-        if folder:  # one image keeps the original's constant lr
+        batch = next(batches)
+        if facts.folder:  # one image keeps the original's constant lr
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, epoch)
-        # Forward in mixed precision: float16 or bfloat16 where it is safe, float32 where not
-        with torch.autocast(processor.type, dtype=amp, enabled=amp != torch.float32):
-            restored = net(inputs)
-            mse = F.mse_loss(restored, sharp)  # logged, as its PSNR, whatever the pixel loss
-            pixel = F.l1_loss(restored, sharp) if cfg.pixel_loss == "l1" else mse
-            perceptual = vgg(restored, target_maps) if vgg else no_vgg
-            loss = cfg.mse_weight * pixel + cfg.perceptual_weight * perceptual
-        # Backward; under float16 the loss is scaled up so that small gradients survive
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        # Unscale first, so that clipping sees the true gradients
-        scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(net.parameters(), cfg.max_grad_norm, foreach=True)
-        # Step (the scaler skips it if a float16 gradient overflowed)
-        scaler.step(optimizer)
-        scaler.update()
+        terms = training_step(cfg, net, vgg, optimizer, scaler, batch, facts)
         # Every log_every epochs: read the losses, log, checkpoint. Only then does the host wait.
         due = progress.due(epoch)
         if due:
-            outcome = progress.record(epoch, due, net, optimizer, scaler, (loss, mse, perceptual))
+            outcome = progress.record(epoch, due, net, optimizer, scaler, terms)
             if outcome != "running":
                 break
     return outcome
 
 
-# ---- Results: the network against the blurred input and two classical deconvolutions
-
-
-def evaluate(net, setting, blurred, sharp, cfg, kernel):
-    """The comparison's Row for the test image of `setting`: the blurred input, the classical
-    deconvolutions with the known kernel and the network, each with its PSNR and SSIM (leaving out
-    a border of the kernel's half-width)."""
+# ---- Results: the network against the blurred input and the classical deconvolutions
+def evaluate(net, setting, pair, cfg):
+    """The comparison's Row for the test image of `setting`: the blurred input, the deconvolutions
+    with its known kernel (Wiener by its rule and at this image's best balance, an oracle;
+    Richardson-Lucy) and the network, each with its PSNR and SSIM (a kernel's half-width of
+    border left out)."""
+    blurred, sharp, kernel, noise = pair
+    border = kernel.shape[0] // 2
     with torch.no_grad():
-        restored = net(first_step(blurred, kernel, cfg)).float()
+        restored = net(network_input(blurred, kernel, noise, cfg)).float()
     images = {
         "Blurred": blurred,
-        "Wiener": wiener(blurred, kernel, WIENER_BALANCE[cfg.blur_kind]),
-        "Richardson–Lucy": richardson_lucy(blurred, kernel, cfg.blur_kind),
+        "Wiener": wiener(blurred, kernel, wiener_balance(kernel, noise)),
+        "Wiener oracle": best_wiener(blurred, kernel, sharp, border),
+        "Richardson–Lucy": richardson_lucy(blurred, kernel, rl_iterations(noise)),
         "Network": restored,
     }
-    return row_of(setting, images, sharp, border=kernel.shape[0] // 2)
+    return row_of(setting, images, sharp, border, kernel)
 
 
 # ---- The job
 UNSEEN_SAMPLE = "data/sample.jpg"  # a folder's network is tested on it, and on holdout_path
+# The test images' random blurs and noise come from a generator of their own, seeded past every
+# seed a training run can have: no test kernel is ever a training one
+TEST_DRAWS = 2**32 + 2026
 CHOICES = {
     "model": tuple(MODELS),
     "pixel_loss": ("mse", "l1"),
@@ -326,28 +322,15 @@ CHOICES = {
 }
 
 
-def load_test_pairs(cfg, inputs, kernel, processor):
-    """{setting: (blurred, sharp)} tensors of the images to test on; a folder's keep their size."""
-    size = None if Path(cfg.image_path).is_dir() else cfg.image_size
+def load_test_pairs(cfg, inputs, facts):
+    """{setting: Pair} of the images to test on, on the device; a folder's keep their size."""
+    size = None if facts.folder else cfg.image_size
+    draws = torch.Generator().manual_seed(TEST_DRAWS)
     pairs = {}
     for setting, path in inputs.items():
-        images = load_image_pair(
-            path, size, cfg.blur_kind, cfg.blur_radius, cfg.blur_angle, setting
-        )
-        pairs[setting] = tuple(image_to_tensor(image, processor) for image in images)
-        check_blur_fits(kernel, pairs[setting][1], setting)
+        pairs[setting] = load_image_pair(path, size, cfg, draws, facts.processor, setting)
+        check_blur_fits(pairs[setting].kernel, pairs[setting].sharp, setting)
     return pairs
-
-
-def training_batches(cfg, photos, pairs, kernel, generator, vgg):
-    """The batches train() learns from: a folder's random crops, or the one pair every epoch, its
-    first step and VGG19 targets computed once."""
-    processor = next(iter(pairs.values()))[0].device
-    amp = amp_dtype_for(cfg.amp_dtype, processor)
-    if generator:  # a folder's
-        return folder_batches(photos, kernel, cfg, generator, vgg, amp, processor)
-    blurred, sharp = pairs["image_path"]
-    return repeat((first_step(blurred, kernel, cfg), sharp, vgg_targets(vgg, sharp, amp)))
 
 
 def run(cfg, stop, vgg_weights):
@@ -357,67 +340,97 @@ def run(cfg, stop, vgg_weights):
     out = Path(cfg.output_dir)
     inputs = input_paths(cfg, UNSEEN_SAMPLE)
     folder = Path(cfg.image_path).is_dir()
-    kernel = blur_kernel(cfg.blur_kind, cfg.blur_radius, cfg.blur_angle)
-    border = kernel.shape[0] // 2  # the metrics leave out the band the blur mixed past the edge
-    checkpoint = read_checkpoint(cfg) if cfg.resume else None  # before anything is written
-    pairs = load_test_pairs(cfg, inputs, kernel, processor)
-    photos = {Path(cfg.image_path): None}  # the one training image, or a folder's, decoded once
+    width = kernel_width(cfg)
+    amp = amp_dtype_for(cfg.amp_dtype, processor)
+    facts = Facts(processor, amp, folder, width, input_margin(cfg, width))
+    checkpoint = read_checkpoint(cfg, CHOICES)[:2] if cfg.resume else None  # nothing written yet
+    pairs = load_test_pairs(cfg, inputs, facts)
+    photos = [Path(cfg.image_path)]  # the one training image, or a folder's, decoded once
     if folder:  # as 8-bit (3, H, W): crops are cut from them, and turned to floats
-        smallest = cfg.crop_size + 2 * (kernel.shape[0] // 2 + input_margin(cfg, kernel))
-        photos = read_image_folder(Path(cfg.image_path), smallest, inputs)
-    net = make_network(cfg.model, cfg.seed, processor)
+        margin = width // 2 + facts.margin  # the blur's and the Wiener step's
+        decoded = read_image_folder(Path(cfg.image_path), cfg.crop_size, margin, inputs)
+        photos = list(decoded)
+    if checkpoint:
+        check_same_images(cfg, *checkpoint, photos)
+    net = make_network(cfg.model, cfg.restore_from, cfg.seed, processor)
     parameters = sum(parameter.numel() for parameter in net.parameters())
     read = [*inputs.values(), *photos]  # none of them may be overwritten by a result
     with locked_output_dir(out, read, space_needed(parameters, cfg.image_size)):
-        vgg, optimizer, scaler = make_training(cfg, net, vgg_weights)
+        vgg, optimizer, scaler = make_training(cfg, net, vgg_weights, facts)
         check_something_to_learn(cfg, vgg is not None)
-        generator = torch.Generator().manual_seed(cfg.seed) if folder else None
-        progress = Progress(cfg, stop, generator, trained_on=list(photos))
-        batches = training_batches(cfg, list(photos.values()), pairs, kernel, generator, vgg)
+        generator = torch.Generator().manual_seed(cfg.seed)  # crops, kernels and noise
+        progress = Progress(cfg, stop, generator, trained_on=photos)
+        if folder:
+            batches = folder_batches(list(decoded.values()), cfg, facts, generator, vgg)
+        else:
+            batches = image_batches(pairs["image_path"], cfg, facts, generator, vgg)
         if checkpoint:
             restore_training(cfg, *checkpoint, net, optimizer, scaler, progress)
-        shown = "sample" if folder else "image_path"  # the first row of the figure
-        blurred, sharp = pairs[shown]
-        amp = amp_dtype_for(cfg.amp_dtype, processor)
-        baseline = image_quality(blurred, sharp, border)
+        shown = pairs["sample" if folder else "image_path"]  # the first row of the figure
+        baseline = image_quality(shown.blurred, shown.sharp, shown.kernel.shape[0] // 2)
         print_plan(cfg, processor, amp, vgg is not None, progress, baseline, WARM_UP)
-        progress.watch(first_step(blurred, kernel, cfg), sharp, border)  # for progress.png
-        batches = compiled_on_first_batch(cfg, net, vgg, batches, amp)
-        outcome = train(cfg, net, vgg, optimizer, scaler, batches, progress, folder)
+        watched = network_input(shown.blurred, shown.kernel, shown.noise, cfg)
+        progress.watch(watched, shown.sharp, shown.kernel.shape[0] // 2)  # for progress.png
+
+        def warm_up(batch):  # the step's forward and backward, for torch.compile
+            inputs, sharp, target_maps = batch
+            with torch.autocast(processor.type, dtype=amp, enabled=amp != torch.float32):
+                losses(cfg, vgg, net(inputs), sharp, target_maps)[0].backward()
+
+        modules = [net, vgg] if vgg else [net]
+        batches = compiled_on_first_batch(cfg, modules, processor, batches, warm_up)
+        outcome = train(cfg, net, vgg, optimizer, scaler, batches, progress, facts)
 
         net.eval()
-        rows = [evaluate(net, setting, *pair, cfg, kernel) for setting, pair in pairs.items()]
-        print_summary(rows, border)
-        beside = "Wiener" if cfg.restore_from == "wiener" else "Richardson–Lucy"
-        save_results(out, rows, kernel, progress, folder, beside)
+        rows = [evaluate(net, setting, pair, cfg) for setting, pair in pairs.items()]
+        print_summary(rows)
+        save_results(out, rows, progress, not folder and cfg.blur_kind != "random")
     return report_outcome(outcome, progress, SETTINGS)
 
 
-def apply_to_photo(cfg, stop):
+def apply_to_photo(cfg, given, stop):
     """--apply: the trained network, after its first step, on a photo at the photo's own size, in
-    strips of rows (memory stays small), as output_dir/<name>_deblurred.png."""
+    tiles (memory stays small), as output_dir/<name>_deblurred.png."""
     processor = pick_device(cfg.device)
     photo_path = input_paths(cfg)["apply"]
-    blurred = image_to_tensor(read_rgb_image(photo_path, "apply"), processor)
-    path, checkpoint = read_checkpoint(cfg)
-    trained = trained_settings(checkpoint)  # its network, its first step and the blur it undoes
-    net = make_network(trained.model, 0, processor).eval()
+    blurred = image_to_tensor(read_rgb_image(photo_path, "apply"), processor, torch.float16)
+    measured = read_kernel(cfg.kernel) if cfg.kernel else None
+    path, checkpoint, trained = read_checkpoint(cfg, CHOICES)
+    net = make_network(trained.model, trained.restore_from, 0, processor).eval()
     load_weights(net, path, checkpoint)
-    kernel = blur_kernel(trained.blur_kind, trained.blur_radius, trained.blur_angle)
-    margin = net.REACH + input_margin(trained, kernel)  # what a strip's rows depend on
-    with photo_output(cfg, photo_path, blurred) as target:  # never a file the user already has
-        restored = torch.empty_like(blurred)
+    undone = blur_to_undo(cfg, given, trained, path)  # what it was trained for, or the photo's
+    kernel = measured if undone == "measured" else blur_kernel(*undone) if undone else None
+    noise = cfg.noise_level  # given, or needed by no Wiener step
+    if kernel is not None:
+        check_blur_fits(kernel, blurred, "apply")
+    if trained.restore_from == "wiener" and "noise_level" not in given:
+        noise = estimated_noise(blurred)
+        note(f"estimated the photo's noise at {noise:.2f} 8-bit steps (--noise_level sets it)")
+    with photo_output(cfg, photo_path, blurred.shape[-2:]) as target:  # never a user's file
+        # Wiener on the whole photo at once, kept in half precision (within 1/16 of an 8-bit
+        # step); the network's correction in tiles; then its last step on the whole photo, a
+        # channel at a time: memory for a few copies of the photo, not for all the network's work
+        inputs = network_input(blurred, kernel, noise, trained).half()
+        correction = inputs.new_empty(blurred.shape)
+        restored = torch.empty(blurred.shape, dtype=torch.uint8)
+        del blurred
+        amp = amp_dtype_for(cfg.amp_dtype, processor)  # bfloat16 where a CPU computes it fast
+        with torch.no_grad(), torch.autocast(processor.type, amp, enabled=amp != torch.float32):
+            for where, tile, inside in in_tiles(inputs, net.REACH, stop, photo_path):
+                correction[where] = net.correction(tile.float())[inside]
         with torch.no_grad():
-            for rows, strip, inside in in_strips(blurred, margin, stop, photo_path):
-                restored[:, :, rows] = net(first_step(strip, kernel, trained))[:, :, inside]
-        save_image(tensor_to_image(restored), target, "PNG")
+            for channel in range(3):
+                part = slice(channel, channel + 1)
+                colour = net.restored(inputs[:, part].float(), correction[:, part].float())
+                restored[:, part] = as_8_bits(colour)
+        save_image(as_image(restored), target, "PNG", compress_level=1)
     return 0
 
 
 def main(argv=None, vgg_weights="IMAGENET1K_V1"):
     """Runs the job; returns the exit code. Tests pass vgg_weights=None for a random VGG19."""
-    train = partial(run, vgg_weights=vgg_weights)
-    return run_job(train, apply_to_photo, SETTINGS, CHOICES, __file__, argv)
+    training = partial(run, vgg_weights=vgg_weights)
+    return run_job(training, apply_to_photo, SETTINGS, CHOICES, __file__, argv)
 
 
 if __name__ == "__main__":

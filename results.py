@@ -1,7 +1,6 @@
-"""Deblur's results: the classical deconvolutions with the known kernel (Wiener, also the network's
-first step, and Richardson-Lucy), how good a restoration is (PSNR, SSIM), the printed summary, the
-comparison figure, the training curves and progress.png. Change a plot here; the numbers come
-from Deblur.py's evaluate.
+"""Deblur's results: how good a restoration is (PSNR, SSIM), Wiener at its best balance (an oracle),
+the printed summary, the comparison figure, the training curves and progress.png. Change a plot
+here; the numbers come from Deblur.py's evaluate, the deconvolutions from blurs.py.
 """
 
 import math
@@ -10,10 +9,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from skimage import restoration
 from skimage.metrics import structural_similarity
 from torch.nn import functional as F
 
+from blurs import wiener
 from plumbing.checkpoints import HISTORY_COLUMNS
 from plumbing.files import save_figure, save_image
 from plumbing.images import tensor_to_image, thumbnail, to_hwc
@@ -36,77 +35,32 @@ class Result(NamedTuple):
 
 
 class Row(NamedTuple):
-    """One image of the comparison: its label, the sharp original, and {method: Result}."""
+    """One image of the comparison: its label, the sharp original, {method: Result}, the kernel it
+    was blurred with, and the border its metrics leave out."""
 
     label: str
     sharp: torch.Tensor
     results: dict
+    kernel: np.ndarray
+    border: int
 
 
-# Richardson-Lucy's iterations are its regulariser: on a kernel whose spectrum has zeros it first
-# sharpens, then amplifies the noise. Tuned per kind on the sample (benchmarks/tune_baselines.py).
-RL_ITERATIONS = {"gaussian": 100, "motion": 20, "defocus": 20, "box": 20}
+def best_wiener(blurred, kernel, sharp, border):
+    """Wiener at the balance that restores this very image best, chosen by comparing with the sharp
+    image: an oracle, which no real photo allows, and so the strongest Wiener there is. Searched
+    every quarter decade from 1e-6 to 10, then every sixteenth around the best."""
+    tried = {}
 
+    def psnr_at(exponent):
+        if exponent not in tried:
+            restored = wiener(blurred, kernel, 10**exponent)
+            error = F.mse_loss(inside(restored, border), inside(sharp, border)).item()
+            tried[exponent] = (psnr_from_mse(error), restored)
+        return tried[exponent][0]
 
-def richardson_lucy(blurred, kernel, kind):
-    """scikit-image's Richardson-Lucy deconvolution with the known kernel, after replicating the
-    edges by the kernel's width (it assumes zeros past them). The three channels in one call, with
-    the kernel one channel deep: scipy convolves along no axis of length 1, so this is the
-    per-channel result exactly, in a third of the calls. In float32: as exact here, and twice to
-    twenty times as fast as float64."""
-    pad = kernel.shape[0]
-    padding = ((pad, pad), (pad, pad), (0, 0))
-    image = np.pad(to_hwc(blurred), padding, mode="edge")
-    psf = kernel.astype(np.float32)[..., None]
-    deconvolved = restoration.richardson_lucy(image, psf, RL_ITERATIONS[kind])[pad:-pad, pad:-pad]
-    return torch.from_numpy(deconvolved).permute(2, 0, 1)[None].clamp(0, 1)
-
-
-# The Wiener filter's regulariser per blur kind, tuned on the sample (benchmarks/tune_baselines.py)
-WIENER_BALANCE = {"gaussian": 0.03, "motion": 0.1, "defocus": 0.1, "box": 0.3}
-LAPLACIAN = np.array([[0, -1, 0], [-1, 4, -1], [0, -1, 0]])  # what scikit-image's Wiener damps
-
-
-def wiener(blurred, kernel, balance, pad=True):
-    """Non-blind Wiener deconvolution of (N, 3, H, W) images with the known kernel, by FFT on their
-    device, as scikit-image's restoration.wiener: the kernel's inverse, damped by `balance` where
-    the Laplacian is large (noise). The FFT treats the image as if it repeated past its edges: they
-    are replicated by wiener_reach first (pad=False: crops that bring that margin themselves), so
-    that no pixel sees the opposite edge, and cut off."""
-    pad = wiener_reach(kernel) if pad else 0
-    padded = F.pad(blurred.float(), [pad] * 4, mode="replicate")
-    size = padded.shape[-2:]
-    transfer = transfer_function(kernel, size, blurred.device)
-    damping = balance * transfer_function(LAPLACIAN, size, blurred.device).abs() ** 2
-    inverse = transfer.conj() / (transfer.abs() ** 2 + damping)
-    restored = torch.fft.irfft2(torch.fft.rfft2(padded) * inverse, s=size)
-    restored = restored[..., pad : size[0] - pad, pad : size[1] - pad].clamp(0, 1)
-    return restored.contiguous(memory_format=torch.channels_last)
-
-
-TRANSFER_FUNCTIONS = {}  # {(kernel, its shape and dtype, size, device): its transfer function}
-
-
-def transfer_function(kernel, size, processor):
-    """The kernel's 2-D Fourier transform at `size`, its centre moved to pixel (0, 0). Made once
-    for each kernel, size and device: a folder's every step asks for the same three, and making
-    one copies the kernel from the host."""
-    key = (kernel.tobytes(), kernel.shape, kernel.dtype.str, tuple(size), torch.device(processor))
-    if key not in TRANSFER_FUNCTIONS:
-        if len(TRANSFER_FUNCTIONS) >= 32:  # a long-lived process (the tests): start afresh
-            TRANSFER_FUNCTIONS.clear()
-        placed = torch.zeros(size, device=processor)
-        placed[: kernel.shape[0], : kernel.shape[1]] = torch.as_tensor(kernel, device=processor)
-        centre = (-(kernel.shape[0] // 2), -(kernel.shape[1] // 2))
-        TRANSFER_FUNCTIONS[key] = torch.fft.rfft2(placed.roll(centre, dims=(0, 1)))
-    return TRANSFER_FUNCTIONS[key]
-
-
-def wiener_reach(kernel):
-    """How far Wiener's result at a pixel depends on the blurred image: three times the kernel's
-    width (on the sample at sigma 5, a strip with this margin is within 0.14/255 of the whole
-    image's result, within 1.8/255 with twice the width)."""
-    return 3 * kernel.shape[0]
+    best = max((quarter / 4 for quarter in range(-24, 5)), key=psnr_at)
+    best = max((best + sixteenth / 16 for sixteenth in range(-3, 4)), key=psnr_at)
+    return tried[best][1]
 
 
 def image_quality(image, reference, border=0):
@@ -119,28 +73,34 @@ def image_quality(image, reference, border=0):
     return psnr_from_mse(F.mse_loss(image, reference).item()), similarity
 
 
-def row_of(setting, images, sharp, border):
+def row_of(setting, images, sharp, border, kernel):
     """The comparison's Row of a test image: {name: Result} of each of `images` against the sharp
     one, `border` pixels left out, labelled for the setting the image came from."""
     results = {}
     for name, image in images.items():
         psnr, ssim = image_quality(image, sharp, border)
         results[name] = Result(image.cpu(), psnr, ssim)
-    return Row(LABELS[setting], sharp.cpu(), results)
+    return Row(LABELS[setting], sharp.cpu(), results, kernel, border)
 
 
-def print_summary(rows, border):
-    """A line per method: PSNR, SSIM and gain over the blurred input, for each image."""
+def print_summary(rows):
+    """A line per method: PSNR, SSIM and gain over the blurred input, for each image; then the
+    network's gain over the strongest baseline, Wiener at each image's best balance."""
     if rows[0].label:
         print("Neither image below was trained on: the network learned from the folder.")
-    print(f"PSNR and SSIM leave out a {border}-pixel border, the blur kernel's half-width (less on")
-    print("an image too small to keep SSIM's 11x11 window), as deblurring papers do:")
+    print(f"PSNR and SSIM leave out a {rows[0].border}-pixel border, the blur kernel's half-width")
+    print("(less on an image too small to keep SSIM's 11x11 window), as deblurring papers do.")
+    print("Wiener oracle: Wiener at the balance best for each image, chosen with the sharp one.")
     for name in rows[0].results:
         described = []
         for row in rows:
             result = describe(row.results[name], row.results["Blurred"])
             described.append(row.label.lower() + result)
         print(f"{name + ':':17}" + " | ".join(described))
+    gains = [row.results["Network"].psnr - row.results["Wiener oracle"].psnr for row in rows]
+    print(
+        "The network against the Wiener oracle: " + " | ".join(f"{gain:+.2f} dB" for gain in gains)
+    )
 
 
 def describe(result, blurred):
@@ -153,9 +113,9 @@ def describe(result, blurred):
     return text + f" (gain {gain:+.2f} dB, {result.ssim - blurred.ssim:+.4f} SSIM)"
 
 
-def save_comparison(rows, kernel, path, beside="Richardson–Lucy"):
+def save_comparison(rows, path):
     """comparison.png: a row per image, the original's panels (original, blurred, reconstructed)
-    with the `beside` baseline before the last, and the kernel drawn on the blurred one."""
+    with the strongest baseline before the last, and the image's kernel drawn on the blurred one."""
     import matplotlib.pyplot as plt  # a third of a second to import: only when drawing
 
     figure, axes = plt.subplots(len(rows), 4, figsize=(20, 5.6 * len(rows)), squeeze=False)
@@ -166,7 +126,7 @@ def save_comparison(rows, kernel, path, beside="Richardson–Lucy"):
         panels = {
             "Original Image": None,
             "Blurred Image": row.results["Blurred"],
-            beside: row.results[beside],
+            "Wiener at its best (oracle)": row.results["Wiener oracle"],
             "Reconstructed Image": row.results["Network"],
         }
         for ax, (title, result) in zip(row_axes, panels.items(), strict=True):
@@ -178,8 +138,8 @@ def save_comparison(rows, kernel, path, beside="Richardson–Lucy"):
             ax.imshow(to_hwc(result.image))
             ax.set_title(f"{row.label}{title}\nPSNR {result.psnr:.2f} dB, SSIM {result.ssim:.3f}")
         inset = row_axes[1].inset_axes([0.72, 0.02, 0.26, 0.26], xticks=[], yticks=[])
-        inset.imshow(kernel, cmap="magma")
-        inset.set_title(f"kernel {kernel.shape[0]}x{kernel.shape[1]}", fontsize=8)
+        inset.imshow(row.kernel, cmap="magma")
+        inset.set_title(f"kernel {row.kernel.shape[0]}x{row.kernel.shape[1]}", fontsize=8)
     save_figure(figure, path)
 
 
@@ -202,26 +162,27 @@ def save_training_curves(history, path, baselines):
     title = "PSNR against the original" if baselines else "PSNR of the training crops"
     loss_ax.set(yscale="log", xlabel="epoch", ylabel="loss", title="Loss")
     psnr_ax.set(xlabel="epoch", ylabel="PSNR (dB)", title=title)
-    loss_ax.legend()
+    if loss_ax.lines:  # none when every term was 0 (an image that needed no restoring)
+        loss_ax.legend()
     psnr_ax.legend()
     save_figure(figure, path)
 
 
-def save_results(out, rows, kernel, progress, folder, beside="Richardson–Lucy"):
+def save_results(out, rows, progress, trained_on_the_test):
     """comparison.png, reconstructed_image.jpg, progress.png and progress.gif; history.csv and
-    training_curves.png, with the blurred input's and the baseline's PSNR as lines where they are
-    on the training scale."""
+    training_curves.png, with the blurred input's and the baseline's PSNR as lines where the
+    training images are the first test image (a single image, blurred one way)."""
     import matplotlib.pyplot as plt
     from matplotlib.backends import BackendFilter, backend_registry
 
-    save_comparison(rows, kernel, out / "comparison.png", beside)
+    save_comparison(rows, out / "comparison.png")
     restored = tensor_to_image(rows[0].results["Network"].image)
     save_image(restored, out / "reconstructed_image.jpg", "JPEG")
     save_progress(progress.frames, rows[0], out)
     write_history(out / "history.csv", progress.history)
     baselines = {}
-    if not folder:  # a folder trains on crops: their PSNR is not the test images'
-        for name in ("Blurred", beside):
+    if trained_on_the_test:  # crops, or fresh blurs: their PSNR is not the test image's
+        for name in ("Blurred", "Wiener oracle"):
             baselines[name] = rows[0].results[name].psnr
     save_training_curves(progress.history, out / "training_curves.png", baselines)
     if plt.get_backend() in backend_registry.list_builtin(BackendFilter.INTERACTIVE):

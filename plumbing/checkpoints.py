@@ -9,22 +9,22 @@ from types import SimpleNamespace
 
 import torch
 
+from plumbing.command_line import BLUR_SETTINGS
 from plumbing.errors import DeblurError, note
-from plumbing.files import CHECKPOINT, atomic_path, first_free_name, looked_up
+from plumbing.files import CHECKPOINT, atomic_path, file_digest, first_free_name, looked_up
 
 CHECKPOINT_KEYS = ("model", "optimizer", "scaler", "settings", "epoch", "elapsed", "history")
 GENERATOR = torch.Generator().get_state().shape  # the state of a folder's crops' generator
 HISTORY_COLUMNS = ("epoch", "total", "mse", "perceptual", "psnr", "seconds")
 # The settings a resumed run must share with its checkpoint: the problem it learned to solve
-PROBLEM = ("image_path", "image_size", "blur_radius", "blur_kind", "blur_angle")
+PROBLEM = ("image_path", "image_size", "blur_radius", "blur_kind", "blur_angle", "noise_level")
 PROBLEM += ("model", "restore_from")
-# What a checkpoint written before a setting existed was trained with
-BEFORE_IT_EXISTED = {
-    "blur_kind": "gaussian",
-    "blur_angle": 0.0,
-    "model": "deblurnet",
-    "restore_from": "blurred",
-}
+# What a checkpoint written before a setting existed was trained with (its network and first
+# step are told by its weights: trained_settings)
+BEFORE_IT_EXISTED = {"blur_kind": "gaussian", "blur_angle": 0.0, "noise_level": 0.0}
+# The numbers a run can have trained with, as the command line checks them
+RANGES = {"image_size": (16, 4096), "blur_radius": (0, 682), "noise_level": (0, 64)}
+RANGES["blur_angle"] = (-math.inf, math.inf)
 
 
 def save_checkpoint(path, net, optimizer, scaler, progress):
@@ -59,9 +59,11 @@ def checkpoint_path(cfg):
     return looked_up(Path(cfg.resume), "resume")
 
 
-def read_checkpoint(cfg):
+def read_checkpoint(cfg, choices):
     """--resume's checkpoint, read as data only (a file that would run code is refused) and
-    checked field by field, before anything is written; returns (path, checkpoint)."""
+    checked field by field, its settings as the command line's are (`choices`: the values a
+    setting may take), before anything is written; returns (path, checkpoint, the problem it was
+    trained on). For training, a checkpoint of another problem is refused here, by name."""
     path = checkpoint_path(cfg)
     if path.is_dir():
         raise DeblurError(
@@ -90,7 +92,24 @@ def read_checkpoint(cfg):
             f"{path} holds NaN weights (its run diverged); use an earlier checkpoint or start "
             f"afresh"
         )
-    return path, checkpoint
+    trained = trained_settings(checkpoint, path, choices)
+    for name in PROBLEM if not cfg.apply else ():
+        was = getattr(trained, name)
+        if was != getattr(cfg, name):
+            raise DeblurError(
+                f"cannot resume {path}: it was trained with {name} = {was!r}, not "
+                f"{getattr(cfg, name)!r}; use --{name} {was} or start afresh"
+            )
+    return path, checkpoint, trained
+
+
+def check_same_images(cfg, path, checkpoint, trained_on):
+    """A checkpoint resumes on the images it was trained on, as their SHA-256 says."""
+    if checkpoint["image_digest"] not in ("", file_digest(trained_on)):
+        raise DeblurError(
+            f"cannot resume {path}: {cfg.image_path} has changed since it was trained on; use "
+            f"the original image, or start afresh"
+        )
 
 
 def well_formed(checkpoint):
@@ -142,22 +161,9 @@ def load_weights(net, path, checkpoint):
 
 
 def restore_training(cfg, path, checkpoint, net, optimizer, scaler, progress):
-    """Continues a run (weights, optimizer, scaler, epoch, history), provided it solves the same
-    problem on the same image."""
+    """Continues a run (weights, optimizer, scaler, epoch, history) from a checkpoint that
+    read_checkpoint and check_same_images have found to solve the same problem."""
     saved = checkpoint["settings"]
-    trained = trained_settings(checkpoint)
-    for name in PROBLEM:
-        was = getattr(trained, name)
-        if was != getattr(cfg, name):
-            raise DeblurError(
-                f"cannot resume {path}: it was trained with {name} = {was!r}, not "
-                f"{getattr(cfg, name)!r}; use --{name} {was} or start afresh"
-            )
-    if checkpoint["image_digest"] not in ("", progress.image_digest):
-        raise DeblurError(
-            f"cannot resume {path}: {cfg.image_path} has changed since it was trained on; use "
-            f"the original image, or start afresh"
-        )
     load_weights(net, path, checkpoint)
     try:
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -185,10 +191,69 @@ def restore_training(cfg, path, checkpoint, net, optimizer, scaler, progress):
         )
 
 
-def trained_settings(checkpoint):
-    """The problem a checkpoint was trained on: its PROBLEM settings, by name."""
+def trained_settings(checkpoint, path, choices):
+    """The problem a checkpoint was trained on: its PROBLEM settings, by name, each checked as the
+    command line checks them (a hand-edited file fails here, in one line). A checkpoint that does
+    not say its network or first step is recognised by its weights."""
     saved = checkpoint["settings"]
+    if saved.get("restore_from") == "wiener" and "noise_level" not in saved:
+        raise DeblurError(
+            f"{path} was trained after an earlier Wiener step, which Deblur no longer computes "
+            f"(its balance now follows the noise and the kernel); train it afresh"
+        )
+    first = checkpoint["model"].get("down1.0.weight", checkpoint["model"].get("main.0.weight"))
+    told = {
+        "model": "unet" if "down1.0.weight" in checkpoint["model"] else "deblurnet",
+        "restore_from": "wiener" if first is not None and first.shape[1] == 5 else "blurred",
+    }
     values = {}
     for name in PROBLEM:
-        values[name] = saved.get(name, BEFORE_IT_EXISTED.get(name))
+        values[name] = saved.get(name, BEFORE_IT_EXISTED.get(name, told.get(name)))
+        if not allowed(name, values[name], choices):
+            raise DeblurError(
+                f"{path} says it was trained with {name} = {values[name]!r}, which no run can "
+                f"be; it is damaged or hand-edited: use another checkpoint, or train afresh"
+            )
     return SimpleNamespace(**values)
+
+
+def allowed(name, value, choices):
+    """Whether a checkpoint's setting is one a run could have had."""
+    if name in choices:
+        return isinstance(value, str) and value in choices[name]
+    if name == "image_path":
+        return isinstance(value, str)
+    low, high = RANGES[name]
+    number = isinstance(value, float) or (type(value) is int and name == "image_size")
+    return number and math.isfinite(value) and low <= value <= high
+
+
+def blur_to_undo(cfg, given, trained, path):
+    """What --apply undoes with a checkpoint: the blur a fixed-blur one was trained on, as
+    (kind, radius, angle), a blur it was not trained on refused; for one trained on any blur, the
+    photo's, as the user names it: "measured" (--kernel) or (kind, radius, angle); for a blind
+    one, None. `given`: the settings the command line names."""
+    named = given & set(BLUR_SETTINGS)
+    if trained.blur_kind != "random":
+        own = f"{trained.blur_kind} blur of radius {trained.blur_radius}"
+        if cfg.kernel or any(getattr(cfg, name) != getattr(trained, name) for name in named):
+            raise DeblurError(
+                f"{path} undoes only {own}, the blur it was trained on; for another, train one "
+                f"for any blur: python Deblur.py --image_path data/train --blur_kind random "
+                f"--restore_from wiener (see the README)"
+            )
+        note(f"{path.name} undoes {own}, the blur it was trained on")
+        return trained.blur_kind, trained.blur_radius, trained.blur_angle
+    if trained.restore_from == "blurred":
+        if cfg.kernel or named:
+            raise DeblurError(f"{path} is blind: it finds the blur itself; drop --kernel, --blur_*")
+        return None
+    if cfg.kernel:
+        return "measured"
+    if named and cfg.blur_kind != "random":
+        return cfg.blur_kind, cfg.blur_radius, cfg.blur_angle
+    raise DeblurError(
+        f"{path} undoes any blur, but must be told the photo's: pass --kernel PSF.png (its "
+        f"measured kernel), or --blur_kind motion --blur_radius 6 --blur_angle 20 (or gaussian, "
+        f"defocus, box)"
+    )

@@ -30,8 +30,10 @@ AT_MOST = {
     "checkpoint_every": 10**9,
     "crop_size": 4096,
     "batch_size": 4096,
+    "noise_level": 64,  # 8-bit steps: more is mostly noise
 }
-NOT_NEGATIVE = ("blur_radius", "weight_decay", "mse_weight", "perceptual_weight")
+NOT_NEGATIVE = ("blur_radius", "noise_level", "weight_decay", "mse_weight", "perceptual_weight")
+BLUR_SETTINGS = ("blur_kind", "blur_radius", "blur_angle")
 
 
 def settings_in(namespace):
@@ -51,30 +53,33 @@ class Parser(argparse.ArgumentParser):
 def parse_settings(settings, choices, script, argv=None):
     """Every `name = value  # comment` line of the script's settings block becomes an option of the
     same name, type and default, with the comment as its help; `choices` lists the values a
-    setting may take where only a few make sense."""
+    setting may take where only a few make sense. Returns (settings, the names the command line
+    gave): --apply tells a blur the user named from one left at its default."""
     parser = Parser(
         prog="Deblur.py",
         description="Remove blur from an image with a small CNN trained on it, or on a folder.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        argument_default=argparse.SUPPRESS,  # an option not given stays out: `given` below
     )
     source = Path(script).read_text(encoding="utf-8")
     comments = dict(re.findall(r"^(\w+) = .*?  # (.*)$", source, re.MULTILINE))
     for name, default in settings.items():
-        option = {"default": default, "type": type(default), "help": comments.get(name, "")}
+        help = f"{comments.get(name, '')} (default: {default})".replace("%", "%%")
+        option = {"type": type(default), "help": help}
         if name == "resume":  # a bare --resume means output_dir/checkpoint.pt
             option.update(nargs="?", const="auto")
         names = (f"--{name}", *ALIASES.get(name, ()))
         parser.add_argument(*names, dest=name, choices=choices.get(name), **option)
-    cfg = parser.parse_args(argv)
-    check_settings(cfg)
+    given = vars(parser.parse_args(argv))  # the settings the command line names
+    cfg = argparse.Namespace(**{**settings, **given})
+    check_settings(cfg, set(given))
     cfg.output_dir = os.path.expanduser(cfg.output_dir)  # a shell leaves '~/x' in quotes as is
     if cfg.resume != "auto":
         cfg.resume = os.path.expanduser(cfg.resume)
-    return cfg
+    return cfg, set(given)
 
 
-def check_settings(cfg):
-    """Refuses, by name, a value no run could use."""
+def check_settings(cfg, given):
+    """Refuses, by name, a value no run could use, and settings that contradict each other."""
     for name, value in vars(cfg).items():
         if isinstance(value, float) and not math.isfinite(value):
             refuse(name, value, "must be a finite number")
@@ -93,6 +98,16 @@ def check_settings(cfg):
     for name in NOT_NEGATIVE:
         if getattr(cfg, name) < 0:
             refuse(name, getattr(cfg, name), "must be zero or positive")
+    if cfg.blur_kind == "random" and cfg.blur_radius < 1:
+        refuse("blur_radius", cfg.blur_radius, "must be at least 1 with --blur_kind random")
+    if cfg.kernel and not cfg.apply:
+        raise DeblurError(
+            f"--kernel {cfg.kernel} names the blur of a photo to --apply; to train, set "
+            f"--blur_kind (random trains for any blur)"
+        )
+    if cfg.kernel and given & set(BLUR_SETTINGS):
+        named = ", ".join(f"--{name}" for name in BLUR_SETTINGS if name in given)
+        raise DeblurError(f"--kernel and {named} both name the photo's blur; give one of them")
     if cfg.mse_weight + cfg.perceptual_weight == 0:
         raise DeblurError(
             "--mse_weight and --perceptual_weight are both 0, so there is nothing to learn; "
@@ -106,7 +121,7 @@ def resume_command(cfg, defaults):
     script = sys.argv[0] if sys.argv[0].endswith("Deblur.py") else "Deblur.py"
     words = ["python", script, "--resume"]
     for name, value in vars(cfg).items():
-        if name not in ("resume", "apply") and value != defaults[name]:
+        if name not in ("resume", "apply", "kernel") and value != defaults[name]:
             words += [f"--{name}", str(value)]
     return shlex.join(words)
 

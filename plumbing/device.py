@@ -5,7 +5,6 @@ and torch.compile with its fallback. Nothing here knows what is being trained.
 from itertools import chain
 
 import torch
-from torch.nn import functional as F
 
 from plumbing.errors import DeblurError, first_line, note
 
@@ -51,27 +50,23 @@ def amp_dtype_for(setting, processor):
     return torch.float32
 
 
-def compiled_on_first_batch(cfg, net, vgg, batches, amp):
-    """With torch_compile on (auto: on CUDA), the network's and VGG19's forwards compiled on the
-    first batch, which then trains as any other; returns the batches, that one first. Compiling
-    the forward leaves the module, and so its state_dict's names, as they were."""
-    processor = next(net.parameters()).device
+def compiled_on_first_batch(cfg, modules, processor, batches, warm_up):
+    """With torch_compile on (auto: on CUDA), the modules' forwards compiled on the first batch:
+    `warm_up(batch)` runs the training step's own forward and backward on it once (its gradients
+    are then dropped, and the batch trains as any other); returns the batches, that one first.
+    Compiling the forward leaves each module, and so its state_dict's names, as they were."""
     if cfg.torch_compile == "off" or (cfg.torch_compile == "auto" and processor.type != "cuda"):
         return batches
-    modules = [net, vgg] if vgg else [net]
     first = next(batches)
-    blurred, sharp, target_maps = first
     for module in modules:
         module.forward = torch.compile(module.forward)
     try:  # where compiling fails (no C++ compiler, no Triton, an unsupported platform): eager
-        with torch.autocast(processor.type, dtype=amp, enabled=amp != torch.float32):
-            restored = net(blurred)
-            loss = F.mse_loss(restored, sharp) + (vgg(restored, target_maps) if vgg else 0)
-        loss.backward()
+        warm_up(first)
     except RuntimeError as e:
         note(f"torch.compile failed ({first_line(e)}); training without it")
         for module in modules:
             del module.forward  # the class's own forward again
     finally:
-        net.zero_grad(set_to_none=True)
+        for module in modules:
+            module.zero_grad(set_to_none=True)
     return chain([first], batches)

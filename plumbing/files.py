@@ -52,11 +52,14 @@ def space_needed(parameters, image_size):
 
 
 @contextmanager
-def locked_output_dir(out, inputs, needed):
-    """Creates `out`, checks it can hold the results without overwriting one of the `inputs`
-    (paths of the files read), and holds an exclusive lock on it while the body runs: a second
-    run in the same folder is refused, naming this one's PID. Temporary files that killed runs
-    left behind are removed."""
+def locked_output_dir(out, inputs, needed, outputs=OUTPUTS):
+    """Checks that `out` can hold the results without replacing a file the user has (one of the
+    `inputs`, the paths of the files read, or one of `outputs` that Deblur did not write), and
+    has room: all before anything is created. Then creates it and holds an exclusive lock on it
+    while the body runs: a second run in the same folder is refused, naming this one's PID.
+    Temporary files that killed runs left behind are removed."""
+    check_room(out, needed)
+    check_nothing_replaced(out, inputs, outputs)
     lock_path = out / ".deblur.lock"
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -71,22 +74,53 @@ def locked_output_dir(out, inputs, needed):
             f"cannot create files in output_dir {out} ({e.strerror}); use another --output_dir"
         ) from None
     with open(descriptor, "r+", encoding="utf-8") as lock:
-        free = shutil.disk_usage(out).free
-        if free < needed:
-            raise DeblurError(
-                f"output_dir {out} has only {free // 2**20} MB free; this run needs about "
-                f"{needed // 2**20 + 1} MB (free some space or pass another --output_dir)"
-            )
-        outputs = {(out / name).resolve() for name in (*OUTPUTS, CHECKPOINT)}
-        for path in inputs:
-            if path.resolve() in outputs:
-                raise DeblurError(
-                    f"{path} has the name of an output in output_dir {out} and would be "
-                    f"overwritten; rename or move it, or pass another --output_dir"
-                )
         take_lock(lock, out)
         remove_stale_partials(out)
         yield
+
+
+def check_room(out, needed):
+    """The free space on the disk output_dir is on (or will be: its nearest existing folder)."""
+    existing = out
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    try:
+        usage = shutil.disk_usage(existing)
+    except OSError:  # not a folder: mkdir says so, by name
+        return
+    free = usage.free
+    if usage.total and free < needed:  # no size at all: no disk (/proc), which mkdir says
+        raise DeblurError(
+            f"output_dir {out} has only {free // 2**20} MB free; this run needs about "
+            f"{needed // 2**20 + 1} MB (free some space or pass another --output_dir)"
+        )
+
+
+def check_nothing_replaced(out, inputs, outputs):
+    """An input named as an output, or an output's name taken by a file Deblur did not write (a
+    user's own progress.png, say), would be replaced by the results: refused, naming it."""
+    names = {(out / name).resolve(): name for name in (*outputs, CHECKPOINT)}
+    for path in inputs:
+        if path.resolve() in names:
+            raise DeblurError(
+                f"{path} has the name of an output in output_dir {out} and would be "
+                f"overwritten; rename or move it, or pass another --output_dir"
+            )
+    own = recorded(out)
+    for name in outputs:
+        path = out / name
+        if os.path.lexists(path) and own.get(name) != digest_or_none(path):
+            raise DeblurError(
+                f"output_dir {out} holds {name}, which Deblur did not write, and a run would "
+                f"replace it; move it, or pass another --output_dir"
+            )
+
+
+def digest_or_none(path):
+    try:
+        return file_digest([path])
+    except OSError:  # a folder, a link to nowhere: not a file Deblur wrote
+        return None
 
 
 def take_lock(lock, out):
@@ -213,20 +247,16 @@ def first_free_name(path):
 
 
 @contextmanager
-def photo_output(cfg, photo_path, image):
+def photo_output(cfg, photo_path, size):
     """--apply's output: yields output_dir/<name>_deblurred.png, or the first free
     <name>_deblurred.N.png (a file the user has is never replaced), with output_dir locked and
-    room for a PNG of the photo's raw size; says where it went."""
+    room for a PNG of the photo's raw size, (height, width); says where it went."""
     out = Path(cfg.output_dir)
-    height, width = image.shape[-2:]
-    with locked_output_dir(out, [], 4 * width * height + 2**20):
+    height, width = size
+    with locked_output_dir(out, [], 4 * width * height + 2**20, outputs=()):
         wanted = out / f"{shortened(photo_path.stem, 200)}_deblurred.png"
         target = first_free_name(wanted)
         if target != wanted:
             note(f"{wanted.name} exists already and is kept; writing {target.name}")
         yield target
-    print(
-        f"Deblurred {photo_path} at its own size, {width}x{height} (the network is "
-        f"convolutional, so any size works; it undoes blur of the pixel size it was trained "
-        f"on): {target}"
-    )
+    print(f"Deblurred {photo_path} at its own size, {width}x{height}: {target}")

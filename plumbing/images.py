@@ -49,7 +49,11 @@ def read_rgb_image(path, setting="image_path"):
     if changes:
         note(f"{path.name}: {'; '.join(changes)}")
     if image.mode.startswith("I") or image.mode == "F":
-        image = rescaled_to_8_bits(image)
+        image = rescaled_to_8_bits(image, path)
+    if image.mode == "RGB":
+        return image
+    if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
+        return image.convert("RGB")  # nothing to composite: a copy of the photo less
     white = Image.new("RGBA", image.size, "white")
     return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
 
@@ -70,13 +74,15 @@ def changes_needed(image):
     return changes
 
 
-def read_image_folder(folder, smallest, tests=None):
+def read_image_folder(folder, crop_size, margin, tests=None):
     """{path: 8-bit (3, H, W) tensor} of every photo in the folder, decoded once into memory. Hidden
     files, PyTorch files and what Deblur wrote there itself are left out; a file that cannot be
-    read, or is smaller than `smallest` pixels on a side, is skipped with a note. Refused when
+    read, or is smaller than a crop and its margin on each side (the blur's and the Wiener
+    step's: blur_radius sets both) on a side, is skipped with a note. Refused when
     none is left, when they would not fit in FOLDER_PIXELS, or when one of `tests` ({setting:
     path} of the test images) is among them."""
     own = recorded(folder)
+    smallest = crop_size + 2 * margin
     files = []
     for path in sorted(folder.iterdir()):
         if path.is_file() and not path.name.startswith(".") and path.suffix != ".pt":
@@ -118,12 +124,21 @@ def read_image_folder(folder, smallest, tests=None):
     if not photos:
         raise DeblurError(
             f"none of the {len(files)} files in {folder} is an image Pillow can read of at least "
-            f"{smallest}x{smallest} pixels; put photographs in it, or lower --crop_size"
+            f"{smallest}x{smallest} pixels ({smaller(crop_size, margin)}); put larger photographs "
+            f"in it"
         )
     if len(photos) < len(files):
         note(f"training on {len(photos)} images of {folder}; the other files were skipped")
     check_apart(photos, tests or {})
     return photos
+
+
+def smaller(crop_size, margin):
+    """Why a photo must be so large, and which setting to lower."""
+    why = f"a {crop_size}-pixel crop and its {margin}-pixel margin on each side, for the blur"
+    if margin > crop_size:
+        return f"{why} and any Wiener step; the margin follows --blur_radius: lower it"
+    return f"{why} and any Wiener step; or lower --crop_size"
 
 
 def check_apart(photos, tests):
@@ -139,13 +154,26 @@ def check_apart(photos, tests):
             )
 
 
-def rescaled_to_8_bits(image):
-    """16- or 32-bit grey, integers or floats, rescaled to 0..255 where Pillow's own convert would
-    clip: floats of at most 1 are taken as 0..1."""
+def rescaled_to_8_bits(image, path):
+    """16- or 32-bit grey, integers or floats, scaled to 0..255 where Pillow's own convert would
+    clip, the scale said in a note: 16-bit images by their type's range, 32-bit integers by the
+    smallest of 8 bits, 16 bits or their largest value that holds them, floats of at most 1 as
+    0..1, larger ones by their largest value. NaN or infinite pixels are refused by name."""
     pixels = np.asarray(image, dtype=np.float64)
-    full_scale = 65535 if image.mode.startswith("I;16") or pixels.max() > 255 else 255
-    if image.mode == "F" and pixels.max() <= 1:
+    if not np.isfinite(pixels).all():
+        count = int((~np.isfinite(pixels)).sum())
+        raise DeblurError(
+            f"{path} has {count} NaN or infinite pixels, which no scale turns into a photo; "
+            f"re-export it with finite values"
+        )
+    largest = pixels.max()
+    if image.mode.startswith("I;16"):
+        full_scale = 65535
+    elif image.mode == "F" and largest <= 1:
         full_scale = 1
+    else:
+        full_scale = next(scale for scale in (255, 65535, largest) if largest <= scale)
+    note(f"{path.name}: scaled its {image.mode} values from 0..{full_scale:g} to 0..255")
     return Image.fromarray((pixels * 255 / full_scale).round().clip(0, 255).astype(np.uint8))
 
 
@@ -170,17 +198,24 @@ def check_blur_fits(kernel, image, setting):
     width = kernel.shape[0]
     height, breadth = image.shape[-2:]
     if width > min(height, breadth):
+        fix = (
+            "crop --kernel to the blur's extent"
+            if setting == "apply"
+            else "lower --blur_radius (a gaussian's kernel is about 6 x radius + 1 pixels wide, "
+            "the others 2 x radius + 1) or use a larger image (--image_size)"
+        )
         raise DeblurError(
             f"the {width}x{width}-pixel blur kernel is larger than the {breadth}x{height} image "
-            f"of --{setting}; lower --blur_radius (a gaussian's kernel is about 6 x radius + 1 "
-            f"pixels wide, the others 2 x radius + 1) or use a larger image (--image_size)"
+            f"of --{setting}; {fix}"
         )
 
 
-def image_to_tensor(image, processor):
-    """(1, 3, H, W) float32 in [0, 1], channels_last: the layout oneDNN and cuDNN convolve best."""
-    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255
-    return pixels.to(processor, memory_format=torch.channels_last)
+def image_to_tensor(image, processor, dtype=torch.float32):
+    """(1, 3, H, W) in [0, 1], channels_last: the layout oneDNN and cuDNN convolve best. Made from
+    the 8-bit pixels in place: one copy in `dtype` (--apply keeps a large photo in float16)."""
+    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]
+    pixels = pixels.to(processor, memory_format=torch.channels_last).to(dtype)
+    return pixels.div_(255)
 
 
 def to_hwc(image):
@@ -188,8 +223,18 @@ def to_hwc(image):
     return image[0].float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
 
 
+def as_8_bits(image):
+    """A (1, 3, H, W) image in [0, 1] as 8 bits (uint8), on the CPU."""
+    return (image.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+
+
+def as_image(pixels):
+    """A (1, 3, H, W) uint8 tensor as a Pillow image."""
+    return Image.fromarray(pixels[0].permute(1, 2, 0).contiguous().numpy())
+
+
 def tensor_to_image(image):
-    return Image.fromarray((to_hwc(image) * 255).round().astype(np.uint8))
+    return as_image(as_8_bits(image))
 
 
 def input_paths(cfg, unseen_sample=None):

@@ -98,17 +98,17 @@ def unfailing_output():
 
 
 def run_job(train, apply, settings, choices, script, argv):
-    """Parses the settings and runs train(cfg, stop), or apply(cfg, stop) for --apply, with stop
-    requests caught; returns the exit code. Every failure the user can act on ends in one line on
-    stderr, without a traceback."""
+    """Parses the settings and runs train(cfg, stop), or apply(cfg, given, stop) for --apply (given:
+    the settings the command line named), with stop requests caught; returns the exit code. Every
+    failure the user can act on ends in one line on stderr, without a traceback."""
     stop = StopRequest()
     cfg = None
     handler = stop_after_this_step(stop)
     previous = {number: signal.signal(number, handler) for number in STOP_SIGNALS}
     with unfailing_output():
         try:
-            cfg = parse_settings(settings, choices, script, argv)
-            return apply(cfg, stop) if cfg.apply else train(cfg, stop)
+            cfg, given = parse_settings(settings, choices, script, argv)
+            return apply(cfg, given, stop) if cfg.apply else train(cfg, stop)
         except DeblurError as e:
             print(f"error: {e}", file=sys.stderr)
             return e.exit_code

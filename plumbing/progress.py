@@ -24,11 +24,16 @@ from plumbing.images import thumbnail
 from plumbing.job import signal_name
 
 QUICK_LOOK = "--image_size 80 --num_epochs 1000 --lr 0.001"
-# A folder's (docs/quick-look.md): the U-Net after Wiener, which beats Wiener on unseen photos
+# A folder's (docs/quick-look.md): the U-Net after Wiener, for one blur; for any blur, with noise;
+# and blind, for mild blur of any kind
 FOLDER_QUICK_LOOK = (
     "--model unet --restore_from wiener --pixel_loss l1 --crop_size 96 --batch_size 8 --lr 0.001 "
     "--num_epochs 600 --perceptual_weight 0"
 )
+ANY_BLUR = "--blur_kind random --noise_level 8 --model unet --pixel_loss l1 --crop_size 96 "
+ANY_BLUR += "--batch_size 8 --lr 0.001 --num_epochs 1000 --perceptual_weight 0"
+ANY_BLUR_QUICK_LOOK = f"{ANY_BLUR} --blur_radius 15 --restore_from wiener"
+BLIND_QUICK_LOOK = f"{ANY_BLUR} --blur_radius 4 --restore_from blurred"
 
 
 class Due(NamedTuple):
@@ -163,7 +168,12 @@ class Progress:
         if len(self.history) == 1 and remaining > 3600:
             quick_look = QUICK_LOOK
             if Path(self.cfg.image_path).is_dir():
-                quick_look = f"--image_path {shlex.quote(self.cfg.image_path)} {FOLDER_QUICK_LOOK}"
+                quick_look = FOLDER_QUICK_LOOK
+                if self.cfg.blur_kind == "random":
+                    quick_look = ANY_BLUR_QUICK_LOOK
+                    if self.cfg.restore_from == "blurred":
+                        quick_look = BLIND_QUICK_LOOK
+                quick_look = f"--image_path {shlex.quote(self.cfg.image_path)} {quick_look}"
             print(
                 "A long run: Ctrl-C stops it cleanly, --resume continues. "
                 f"A quick look: python Deblur.py {quick_look}"
@@ -201,6 +211,13 @@ def print_plan(cfg, processor, amp, perceptual, progress, baseline, warm_up):
     """The run's plan: what it trains on, how, and the blurred image's quality to beat."""
     psnr, ssim = baseline
     blur = f"{cfg.blur_kind} blur of radius {cfg.blur_radius}"
+    if cfg.blur_kind == "random":
+        blur = (
+            f"random blur (camera shake, motion, Gaussian, disk or box) reaching up to "
+            f"{cfg.blur_radius} px, a fresh kernel for every image"
+        )
+    if cfg.noise_level:
+        blur += f", noise of {'up to ' if cfg.blur_kind == 'random' else ''}{cfg.noise_level}/255"
     print(f"Using device: {processor}")
     if Path(cfg.image_path).is_dir():
         print(
@@ -255,27 +272,32 @@ def report_outcome(outcome, progress, defaults):
     return 128 + stop.signum
 
 
-def in_strips(image, margin, stop, photo_path):
-    """--apply's strips of an image, to bound the memory: yields (rows, strip, inside), the rows a
-    strip restores, the strip with `margin` more rows on each side (rounded up to a multiple of 8,
-    so that a U-Net's poolings meet it as they meet the whole image), and where those rows lie in
-    it. Says the size and the time to go; a stop request ends it between strips."""
+def in_tiles(image, margin, stop, photo_path, core=512):
+    """--apply's tiles of an image, to bound the memory: yields (target, tile, inside): where a
+    tile's core of core x core pixels lies in the image, the tile with `margin` more pixels on
+    each side (a multiple of 8, so that a U-Net's poolings meet it as they meet the whole image),
+    and where the core lies in the tile. Says the size and the time to go; a stop request ends it
+    between tiles."""
     margin = -(-margin // 8) * 8
-    rows = -(-max(2 * margin, 64) // 64) * 64  # at least as tall as both margins together
     height, width = image.shape[-2:]
-    starts = range(0, height, rows)
-    print(f"Deblurring {photo_path}: {width}x{height} pixels, in {len(starts)} strips")
+    corners = [(top, left) for top in range(0, height, core) for left in range(0, width, core)]
+    print(f"Deblurring {photo_path}: {width}x{height} pixels, in {len(corners)} tiles")
     began = reported = perf_counter()
-    for done, top in enumerate(starts):
+    for done, (top, left) in enumerate(corners):
         if stop.signum is not None:
             raise Stopped(f"{signal_name(stop.signum)}: stopped; nothing was written", stop.signum)
-        start = max(top - margin, 0)
-        strip = image[:, :, start : top + rows + margin]
-        yield slice(top, top + rows), strip, slice(top - start, top - start + rows)
+        up, back = max(top - margin, 0), max(left - margin, 0)
+        tile = image[..., up : top + core + margin, back : left + core + margin]
+        target = (..., slice(top, top + core), slice(left, left + core))
+        yield (
+            target,
+            tile,
+            (..., slice(top - up, top - up + core), slice(left - back, left - back + core)),
+        )
         now = perf_counter()
-        left = (now - began) / (done + 1) * (len(starts) - done - 1)
-        if done == 0 and left > 10:
-            print(f"The first strip took {now - began:.1f} s: about {hms(left)} to go")
-        elif now - reported > 10 and done + 1 < len(starts):
-            print(f"{done + 1} of {len(starts)} strips, about {hms(left)} to go")
+        left_s = (now - began) / (done + 1) * (len(corners) - done - 1)
+        if done == 0 and left_s > 10:
+            print(f"The first tile took {now - began:.1f} s: about {hms(left_s)} to go")
+        elif now - reported > 10 and done + 1 < len(corners):
+            print(f"{done + 1} of {len(corners)} tiles, about {hms(left_s)} to go")
             reported = now

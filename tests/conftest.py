@@ -10,6 +10,7 @@ import tempfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -34,6 +35,7 @@ TINY = {
     "blur_kind": "gaussian",
     "blur_radius": 5.0,
     "blur_angle": 0.0,
+    "noise_level": 0.0,
     "num_epochs": 4,
     "lr": 0.0001,
     "weight_decay": 1e-5,
@@ -52,6 +54,7 @@ TINY = {
     "holdout_path": "",
     "resume": "",
     "apply": "",
+    "kernel": "",
 }
 
 # For float16 and bfloat16 on a CPU, which emulates them slowly (without AVX-512): 16 px, and a
@@ -133,6 +136,14 @@ def digests(folder):
     return found
 
 
+def image_pair(path, size, kind="gaussian", radius=5.0, angle=0.0, noise=0.0, seed=0):
+    """Deblur.load_image_pair (tensors on the CPU) of one blur, as settings would ask for it."""
+    import Deblur
+
+    cfg = SimpleNamespace(blur_kind=kind, blur_radius=radius, blur_angle=angle, noise_level=noise)
+    return Deblur.load_image_pair(path, size, cfg, torch.Generator().manual_seed(seed))
+
+
 def tiny_run_args(image, out, *extra):
     """A run of seconds: 32 px, 4 epochs, MSE only, no held-out image, unless `extra` says else."""
     settings = [arg for name, value in TINY.items() for arg in (f"--{name}", str(value))]
@@ -144,6 +155,15 @@ def run_deblur(image, out, *extra, vgg_weights=None):
     import Deblur
 
     return Deblur.main(tiny_run_args(image, out, *extra), vgg_weights=vgg_weights)
+
+
+def apply_deblur(photo, out, checkpoint, *extra):
+    """Deblur.main --apply in this process, with only the settings --apply reads: the blur and
+    the noise it is told are `extra`'s alone, as a user's command line."""
+    import Deblur
+
+    args = ["--apply", str(photo), "--resume", str(checkpoint), "--output_dir", str(out)]
+    return Deblur.main([*args, "--device", "cpu", "--kernel", "", *extra], vgg_weights=None)
 
 
 class ProcessTable(dict):

@@ -1,43 +1,54 @@
-"""The data: a (blurred, sharp) pair, the blur kinds and their kernels, images as tensors."""
+"""The blur model: a (blurred, sharp) pair, the kernels of each kind and of the random family, the
+noise, and blurring a batch with a kernel each."""
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_photo, save_photo
+from conftest import image_pair, make_photo, save_photo
 from PIL import Image, ImageFilter
 from torch.nn import functional as F
 
-from Deblur import blur_kernel, load_image_pair
+from blurs import (
+    QUANTISATION,
+    blur,
+    blur_kernel,
+    camera_shake,
+    estimated_noise,
+    photographed,
+    random_kernels,
+)
 from plumbing.images import image_to_tensor
 
 
 def high_frequencies(image):
     """The mean absolute difference between neighbouring pixels: blur lowers it."""
-    pixels = np.asarray(image, dtype=np.float64)
-    return np.abs(np.diff(pixels, axis=0)).mean() + np.abs(np.diff(pixels, axis=1)).mean()
+    pixels = image.double()
+    return (pixels.diff(dim=-1).abs().mean() + pixels.diff(dim=-2).abs().mean()).item()
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "motion", "defocus", "box"])
 def test_a_pair_is_blurred_first_and_sharp_second(tmp_path, kind):
-    blurred, sharp = load_image_pair(save_photo(tmp_path, size=(40, 40)), 40, kind, 2.0)
+    blurred, sharp, kernel, noise = image_pair(save_photo(tmp_path, size=(40, 40)), 40, kind, 2.0)
     assert high_frequencies(blurred) < 0.8 * high_frequencies(sharp)
-    assert np.array_equal(np.asarray(sharp), np.asarray(make_photo((40, 40))))
+    assert torch.equal(sharp, image_to_tensor(make_photo((40, 40)), "cpu"))
+    assert np.array_equal(kernel, blur_kernel(kind, 2.0)) and noise == 0
 
 
 def test_pair_is_resized_to_a_square_and_blurred_with_pillows_gaussian(tmp_path):
-    blurred, sharp = load_image_pair(save_photo(tmp_path, size=(60, 45)), 32, radius=2.0)
-    assert sharp.size == blurred.size == (32, 32) and sharp.mode == "RGB"
-    expected = sharp.filter(ImageFilter.GaussianBlur(radius=2.0))
-    assert np.array_equal(np.asarray(blurred), np.asarray(expected))
-    assert not np.array_equal(np.asarray(blurred), np.asarray(sharp))
+    path = save_photo(tmp_path, size=(60, 45))
+    blurred, sharp, _, _ = image_pair(path, 32, radius=2.0)
+    assert sharp.shape == blurred.shape == (1, 3, 32, 32)
+    square = Image.open(path).resize((32, 32))
+    expected = image_to_tensor(square.filter(ImageFilter.GaussianBlur(radius=2.0)), "cpu")
+    assert torch.equal(blurred, expected) and torch.equal(sharp, image_to_tensor(square, "cpu"))
 
 
 def test_tensors_are_float_nchw_in_0_1(tmp_path):
-    sharp = load_image_pair(save_photo(tmp_path), 32)[1]
-    tensor = image_to_tensor(sharp, torch.device("cpu"))
-    assert tensor.shape == (1, 3, 32, 32) and tensor.dtype == torch.float32
+    sharp_image = make_photo()
+    tensor = image_to_tensor(sharp_image, torch.device("cpu"))
+    assert tensor.shape == (1, 3, 40, 48) and tensor.dtype == torch.float32
     assert tensor.min() >= 0 and tensor.max() <= 1
-    expected = torch.tensor(sharp.getpixel((5, 3)), dtype=torch.float32)
+    expected = torch.tensor(sharp_image.getpixel((5, 3)), dtype=torch.float32)
     assert torch.equal(tensor[0, :, 3, 5] * 255, expected)
 
 
@@ -57,6 +68,14 @@ def test_each_kernel_sums_to_1_and_has_the_expected_support(kind, radius, angle,
     assert kernel.shape == shape
     assert kernel.sum() == pytest.approx(1.0, abs=1e-12) and (kernel >= 0).all()
     assert np.count_nonzero(kernel > 1e-12) == support
+
+
+def test_a_box_follows_its_radius_below_and_between_whole_pixels():
+    assert np.array_equal(blur_kernel("box", 0.0), [[1.0]])  # no blur at all
+    half = blur_kernel("box", 0.5)  # 2 pixels a side: the centre, and half of each neighbour
+    assert half.shape == (3, 3) and half[1, 1] == pytest.approx(4 * half[0, 0])
+    assert half[0, 1] == pytest.approx(2 * half[0, 0])
+    assert not np.array_equal(np.pad(blur_kernel("box", 1.5), 0), blur_kernel("box", 2.0))
 
 
 def test_motion_kernels_follow_their_angle():
@@ -84,11 +103,8 @@ def noise():
 @pytest.mark.parametrize(
     "image",
     [white_square(), noise(), make_photo((96, 96), seed=3)],
-    ids=[
-        "white square",
-        "noise",
-        "photo",
-    ],  # a sampled Gaussian is 3.5 and 1.5 off on the first two
+    # a sampled Gaussian is 3.5 and 1.5 off on the first two
+    ids=["white square", "noise", "photo"],
 )
 def test_gaussian_kernel_reproduces_pillows_blur_away_from_the_borders(image):
     pillow = np.asarray(image.filter(ImageFilter.GaussianBlur(radius=5)), dtype=np.float64)
@@ -101,9 +117,58 @@ def test_gaussian_kernel_reproduces_pillows_blur_away_from_the_borders(image):
 
 @pytest.mark.parametrize("kind", ["box", "defocus", "motion"])
 def test_other_kinds_blur_with_their_kernel(tmp_path, kind):
-    blurred, sharp = load_image_pair(save_photo(tmp_path, size=(40, 40)), 40, kind, 2.0, 30.0)
-    kernel = blur_kernel(kind, 2.0, 30.0)
-    window = np.asarray(sharp, dtype=np.float64)[18:23, 8:13]  # around pixel (20, 10)
-    expected = (window * kernel[:, :, None]).sum(axis=(0, 1))
-    difference = np.abs(np.asarray(blurred, dtype=np.float64)[20, 10] - expected).max()
-    assert difference <= 0.5 + 1e-3  # rounded to 8 bits, from a float32 FFT
+    blurred, sharp, kernel, _ = image_pair(save_photo(tmp_path, size=(40, 40)), 40, kind, 2.0, 30.0)
+    window = sharp[0, :, 18:23, 8:13].double()  # around pixel (20, 10)
+    expected = (window * torch.from_numpy(kernel)).sum(dim=(1, 2))
+    assert (blurred[0, :, 20, 10] - expected).abs().max() * 255 <= 0.5 + 1e-3  # 8-bit rounding
+
+
+def test_random_kernels_are_seeded_sum_to_1_and_fill_one_canvas():
+    first = random_kernels(40, 7.5, torch.Generator().manual_seed(3))
+    again = random_kernels(40, 7.5, torch.Generator().manual_seed(3))
+    other = random_kernels(40, 7.5, torch.Generator().manual_seed(4))
+    assert first.shape == (40, 17, 17) and np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+    assert np.allclose(first.sum(axis=(1, 2)), 1) and (first >= 0).all()
+    supports = [np.count_nonzero(kernel > 1e-9) for kernel in first]
+    assert min(supports) < 10 and max(supports) > 100  # from nearly sharp to wide
+
+
+def test_a_camera_shake_is_a_path_centred_on_the_kernel_and_as_long_as_asked():
+    kernel = camera_shake(6.0, 10, torch.Generator().manual_seed(1))
+    rows, columns = np.mgrid[:21, :21]
+    assert kernel.sum() == pytest.approx(1) and (kernel >= 0).all()
+    assert (kernel * rows).sum() == pytest.approx(10, abs=0.05)  # its centroid: no shift
+    assert (kernel * columns).sum() == pytest.approx(10, abs=0.05)
+    lit = np.argwhere(kernel > 1e-9)
+    farthest = np.abs(lit - 10).max()
+    assert 6 <= farthest <= 7  # 6 pixels from the centroid, shared with the next pixel
+    assert 12 < len(lit) < 200  # a path, not a blob
+
+
+def test_a_batch_blurs_each_image_with_its_own_kernel():
+    images = torch.rand(3, 3, 30, 30, generator=torch.Generator().manual_seed(0))
+    kernels = random_kernels(3, 4, torch.Generator().manual_seed(0))
+    together = blur(images, kernels)
+    for index in range(3):
+        alone = blur(images[index : index + 1], kernels[index])
+        assert torch.allclose(together[index], alone[0], atol=1e-5)
+    assert not torch.allclose(together[0], blur(images[:1], kernels[1])[0], atol=1e-3)
+
+
+def test_noise_is_drawn_per_image_at_its_level_then_rounded_to_8_bits():
+    flat = torch.full((2, 3, 64, 64), 0.5)
+    photo = photographed(flat, torch.tensor([0.0, 8.0]), torch.Generator().manual_seed(0))
+    assert torch.equal(photo, (photo * 255).round() / 255)
+    assert torch.equal(photo[0], flat[0].round(decimals=3).new_full((3, 64, 64), 128 / 255))
+    assert (photo[1] - 0.5).std().item() * 255 == pytest.approx(8.0, rel=0.05)
+    again = photographed(flat, torch.tensor([0.0, 8.0]), torch.Generator().manual_seed(0))
+    assert torch.equal(photo, again)
+
+
+@pytest.mark.parametrize("level", [0.0, 2.0, 8.0])
+def test_the_noise_of_a_blurred_photo_is_estimated_within_a_fifth(tmp_path, level):
+    sharp = image_to_tensor(make_photo((96, 96), seed=2), "cpu")
+    blurred = blur(sharp, blur_kernel("gaussian", 3.0))
+    photo = photographed(blurred, level, torch.Generator().manual_seed(1))
+    assert estimated_noise(photo) == pytest.approx(level, abs=max(0.2 * level, 2 * QUANTISATION))

@@ -23,11 +23,13 @@ def losses(out):
 
 def test_auto_picks_float16_with_an_enabled_grad_scaler_on_cuda(tmp_path):
     argv = ["--device", "cuda", "--amp_dtype", "auto", "--output_dir", str(tmp_path)]
-    cfg = parse_settings(Deblur.SETTINGS, Deblur.CHOICES, Deblur.__file__, argv)
+    cfg, _ = parse_settings(Deblur.SETTINGS, Deblur.CHOICES, Deblur.__file__, argv)
     cuda = torch.device("cuda")
     net = Deblur.make_network(cfg.model, cfg.seed, cuda)
-    vgg, optimizer, scaler = Deblur.make_training(cfg, net, None)
-    assert amp_dtype_for(cfg.amp_dtype, cuda) == torch.float16
+    amp = amp_dtype_for(cfg.amp_dtype, cuda)
+    facts = Deblur.Facts(cuda, amp, False, 31, 0)
+    vgg, optimizer, scaler = Deblur.make_training(cfg, net, None, facts)
+    assert amp == torch.float16
     assert scaler.is_enabled()
     assert torch.backends.cuda.matmul.allow_tf32  # set_float32_matmul_precision("high")
 

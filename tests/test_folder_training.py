@@ -48,6 +48,7 @@ def test_a_folder_trains_on_crops_and_tests_on_two_unseen_images(folder, tmp_pat
     assert [line.split(":")[0] for line in summary] == [
         "Blurred",
         "Wiener",
+        "Wiener oracle",
         "Richardson–Lucy",
         "Network",
     ]
@@ -60,7 +61,9 @@ def test_a_folder_trains_on_crops_and_tests_on_two_unseen_images(folder, tmp_pat
 
 
 def test_a_resumed_folder_run_equals_an_uninterrupted_one(folder, tmp_path, monkeypatch):
+    # Any blur with noise: the resumed run goes on drawing the same kernels and noise
     unet_after_wiener = ("--model", "unet", "--restore_from", "wiener", "--num_epochs", "8")
+    unet_after_wiener += ("--blur_kind", "random", "--blur_radius", "3", "--noise_level", "4")
     assert run(folder, tmp_path / "whole", *unet_after_wiener) == 0
     real_due = Progress.due
 
@@ -75,46 +78,53 @@ def test_a_resumed_folder_run_equals_an_uninterrupted_one(folder, tmp_path, monk
     assert run(folder, tmp_path / "split", *unet_after_wiener, "--resume") == 0
     whole = torch.load(tmp_path / "whole/checkpoint.pt", weights_only=True)
     split = torch.load(tmp_path / "split/checkpoint.pt", weights_only=True)
-    assert split["settings"]["model"] == "unet" and split["settings"]["restore_from"] == "wiener"
+    assert split["settings"]["model"] == "unet" and split["settings"]["blur_kind"] == "random"
+    logged = {row[0]: row[:5] for row in split["history"]}  # the split run also logged epoch 5
+    assert [logged[row[0]] for row in whole["history"]] == [row[:5] for row in whole["history"]]
     for name, tensor in whole["model"].items():
         assert torch.equal(tensor, split["model"][name]), name
     assert torch.equal(whole["crops_generator"], split["crops_generator"])
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "motion", "defocus", "box"])
+@pytest.mark.parametrize("kind", ["gaussian", "motion", "defocus", "box", "random"])
 def test_wiener_first_works_for_every_blur_kind_even_with_zeros_in_its_spectrum(
     folder, tmp_path, capsys, kind
 ):
     args = ("--model", "unet", "--restore_from", "wiener", "--blur_kind", kind, "--num_epochs", "2")
-    assert run(folder, tmp_path / "out", *args) == 0
-    network = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Network:")]
-    psnr = float(network[0].split("PSNR ")[1].split(" dB")[0])
-    assert 10 < psnr < 60
+    assert run(folder, tmp_path / "out", *args, "--noise_level", "2") == 0
+    lines = capsys.readouterr().out.splitlines()
+    network = next(line for line in lines if line.startswith("Network:"))
+    gain = float(network.split("gain ")[1].split(" dB")[0])
+    assert gain > 0.5  # two steps from Wiener's own result: no kernel turns it into noise
+
+
+def folder_batches(photos, crop_size, batch_size, restore_from, kind="gaussian", radius=2.0):
+    """Deblur.folder_batches of the photos, as a run with these settings makes them."""
+    cfg = SimpleNamespace(crop_size=crop_size, batch_size=batch_size, restore_from=restore_from)
+    cfg.__dict__.update(blur_kind=kind, blur_radius=radius, blur_angle=0.0, noise_level=0.0)
+    width = Deblur.kernel_width(cfg)
+    cpu = torch.device("cpu")
+    facts = Deblur.Facts(cpu, torch.float32, True, width, Deblur.input_margin(cfg, width))
+    return Deblur.folder_batches(photos, cfg, facts, torch.Generator().manual_seed(0), None)
 
 
 def test_wiener_first_crops_see_no_made_up_edge():
     """A ramp blurred from its real neighbours stays a ramp, and so does its Wiener deconvolution,
-    provided the crop was cut with Wiener's margin: without it, the edges would ring."""
-    ramp = torch.arange(200, dtype=torch.float64).expand(3, 200, 200) * 1.2  # brighter to the right
-    cfg = SimpleNamespace(crop_size=16, batch_size=8, restore_from="wiener", blur_kind="gaussian")
-    kernel = Deblur.blur_kernel("gaussian", 2.0)
-    generator = torch.Generator().manual_seed(0)
-    cpu = torch.device("cpu")
-    photos = [ramp.round().to(torch.uint8)]
-    inputs, sharp, _ = next(Deblur.folder_batches(photos, kernel, cfg, generator, None, None, cpu))
-    assert inputs.shape == sharp.shape == (8, 3, 16, 16)
-    assert (inputs - sharp).abs().max() < 2 / 255
+    provided the crop was cut with Wiener's margin: without it, the edges would ring. (A step of 1
+    a pixel: blurred, it rounds to itself, and Wiener has no rounding noise to amplify.)"""
+    ramp = torch.arange(200, dtype=torch.uint8).expand(3, 200, 200)  # brighter to the right
+    inputs, sharp, _ = next(folder_batches([ramp.contiguous()], 16, 8, "wiener"))
+    assert inputs.shape == (8, 5, 16, 16) and sharp.shape == (8, 3, 16, 16)
+    assert (inputs[:, :3] - sharp).abs().max() < 0.5 / 255
+    assert (inputs[:, 3] == 0).all()  # no noise; a sigma-2 kernel spreads light 2 sqrt(2) px
+    assert torch.allclose(inputs[:, 4], torch.tensor(2 * 2**0.5 / 10), atol=1e-4)
 
 
 def test_a_folders_steps_after_the_first_copy_no_kernel_to_the_device(monkeypatch):
     """The blur's and Wiener's transfer functions are made at the first step and kept: on a GPU,
     a kernel copied from the host every step can hold the host until the device catches up."""
-    cfg = SimpleNamespace(crop_size=16, batch_size=2, restore_from="wiener", blur_kind="gaussian")
-    kernel = Deblur.blur_kernel("gaussian", 2.0)
     photos = [torch.full((3, 160, 160), 128, dtype=torch.uint8)]
-    generator = torch.Generator().manual_seed(0)
-    cpu = torch.device("cpu")
-    steps = Deblur.folder_batches(photos, kernel, cfg, generator, None, None, cpu)
+    steps = folder_batches(photos, 16, 2, "wiener")
     next(steps)
     copies = []
     real_as_tensor = torch.as_tensor
@@ -148,17 +158,10 @@ def test_the_seed_setting_decides_the_crops(folder, tmp_path):
     assert not torch.equal(a["crops_generator"], c["crops_generator"])
 
 
-def batches(photos):
-    cfg = SimpleNamespace(crop_size=8, batch_size=64, restore_from="blurred")
-    kernel = Deblur.blur_kernel("gaussian", 1.0)
-    generator = torch.Generator().manual_seed(0)
-    cpu = torch.device("cpu")
-    return Deblur.folder_batches(photos, kernel, cfg, generator, None, torch.float32, cpu)
-
-
 def test_crops_are_blurred_from_a_margin_and_seen_turned_and_mirrored():
     ramp = torch.arange(40, dtype=torch.uint8).expand(3, 40, 40) * 6  # brighter to the right
-    blurred, sharp, targets = next(batches([ramp.contiguous()]))  # (blurred, sharp), always
+    batches = folder_batches([ramp.contiguous()], 8, 64, "blurred", radius=1.0)
+    blurred, sharp, targets = next(batches)  # (blurred, sharp), always
     assert sharp.shape == blurred.shape == (64, 3, 8, 8) and targets is None
     # Blurring a ramp from real neighbours leaves it a ramp: no edge was blurred against padding
     assert torch.allclose(blurred, sharp, atol=1 / 255 + 1e-6)
@@ -280,3 +283,20 @@ def test_a_folder_of_folders_says_subfolders_are_not_searched(tmp_path, capsys):
     save_photo(tmp_path / "photos" / "holiday")
     assert run(tmp_path / "photos", tmp_path / "out") == 2
     assert "holds folders but no files (subfolders are not searched)" in capsys.readouterr().err
+
+
+def test_a_margin_too_large_for_the_photos_names_the_blur_radius(folder, tmp_path, capsys):
+    # 16-pixel crops, 16 + 48 pixels on each side for the box blur and its Wiener step
+    args = ("--restore_from", "wiener", "--blur_kind", "box", "--blur_radius", "16")
+    assert run(folder, tmp_path / "out", *args) == 2
+    error = capsys.readouterr().err
+    assert "margin on each side" in error and "follows --blur_radius: lower it" in error
+
+
+def test_a_resume_of_another_blur_is_refused_before_the_photos_are_measured(
+    folder, tmp_path, capsys
+):
+    assert run(folder, tmp_path / "out", "--num_epochs", "1") == 0
+    extra = ("--restore_from", "wiener", "--blur_kind", "box", "--blur_radius", "16", "--resume")
+    assert run(folder, tmp_path / "out", *extra) == 2
+    assert "it was trained with blur_radius = 2.0, not 16.0" in capsys.readouterr().err

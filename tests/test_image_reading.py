@@ -4,16 +4,16 @@ import errno
 
 import numpy as np
 import pytest
-from conftest import ROOT, make_photo, run_deblur, save_photo
+from conftest import ROOT, image_pair, make_photo, run_deblur, save_photo
 from PIL import Image, features
 
-from Deblur import load_image_pair
+from Deblur import load_sharp
 from plumbing import images
 from plumbing.images import resolve_image_path
 
 
 def sharp_of(path, size=32):
-    return load_image_pair(path, size, radius=1)[1]
+    return load_sharp(path, size)
 
 
 def test_grayscale_image_is_converted_to_rgb(tmp_path, capsys):
@@ -51,7 +51,7 @@ def test_exif_orientation_is_applied_before_resizing(tmp_path, capsys):
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
     path = save_photo(tmp_path, "rotated.jpg", image=image, exif=exif, quality=95)
-    sharp = load_image_pair(path, 32, radius=0)[1]
+    sharp = load_sharp(path, 32)
     top, bottom = np.asarray(sharp)[2, 16], np.asarray(sharp)[29, 16]
     assert top[0] > 200 > bottom[0]  # displayed upright, the red half is on top
     assert "EXIF orientation" in capsys.readouterr().out
@@ -108,10 +108,9 @@ GOOD_INPUTS = {
 def test_inputs_that_must_work_become_a_32_pixel_rgb_pair(tmp_path, kind):
     if kind == "WebP" and not features.check("webp"):
         pytest.skip("this Pillow was built without WebP")
-    blurred, sharp = load_image_pair(GOOD_INPUTS[kind](tmp_path), 32)
-    assert blurred.mode == sharp.mode == "RGB"
-    assert blurred.size == sharp.size == (32, 32)
-    assert np.asarray(sharp).std() > 0  # a picture, not a blank
+    blurred, sharp, _, _ = image_pair(GOOD_INPUTS[kind](tmp_path), 32, radius=1.0)
+    assert blurred.shape == sharp.shape == (1, 3, 32, 32)
+    assert sharp.std() > 0  # a picture, not a blank
 
 
 def test_unreadable_file_is_refused(photo_path, tmp_path, monkeypatch, capsys):
@@ -122,3 +121,20 @@ def test_unreadable_file_is_refused(photo_path, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(images.Image, "open", denied)
     assert run_deblur(photo_path, tmp_path) == 2
     assert f"cannot read {photo_path}: [Errno 13] Permission denied" in capsys.readouterr().err
+
+
+def test_a_float_image_with_a_nan_pixel_is_refused_by_name(tmp_path, capsys):
+    pixels = np.linspace(0, 1, 48 * 48, dtype=np.float32).reshape(48, 48)
+    pixels[5, 7] = np.nan
+    path = save_photo(tmp_path, "nan.tiff", image=Image.fromarray(pixels, mode="F"))
+    assert run_deblur(path, tmp_path / "out") == 2
+    error = capsys.readouterr().err.strip()
+    assert "has 1 NaN or infinite pixels" in error and "\n" not in error
+
+
+def test_32_bit_integers_are_scaled_by_their_largest_value_and_said(tmp_path, capsys):
+    ramp = np.linspace(0, 255000, 48 * 48).reshape(48, 48).astype(np.int32)
+    path = save_photo(tmp_path, "wide.tiff", image=Image.fromarray(ramp, mode="I"))
+    pixels = np.asarray(sharp_of(path, 48))[..., 0]
+    assert pixels.max() == 255 and len(np.unique(pixels)) > 200  # not saturated to white
+    assert "scaled its I values from 0..255000 to 0..255" in capsys.readouterr().out

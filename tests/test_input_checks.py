@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from conftest import make_photo, png_bytes, run_deblur
+from conftest import digests, make_photo, png_bytes, run_deblur
 
 import Deblur
 from plumbing import files, images
@@ -127,7 +127,7 @@ def test_bad_input_is_refused_in_one_line_and_changes_nothing(
 
 
 def test_a_full_disk_is_refused_before_training(photo_path, tmp_path, monkeypatch, capsys):
-    usage = type("Usage", (), {"free": 10 * 2**20})
+    usage = type("Usage", (), {"free": 10 * 2**20, "total": 2**40})
     monkeypatch.setattr(files.shutil, "disk_usage", lambda path: usage)
     assert run_deblur(photo_path, tmp_path) == 2
     assert "has only 10 MB free" in capsys.readouterr().err
@@ -139,7 +139,7 @@ def test_the_free_space_asked_for_is_what_this_run_needs(photo_path, tmp_path, m
     needed = files.space_needed(parameters, 32)  # two checkpoints and the outputs at 32 px
     assert needed == 2 * 3 * 4 * 1_331_459 + 16 * 32**2 + 2**24
     for free, code in ((needed - 2**20, 2), (needed + 2**20, 0)):
-        usage = type("Usage", (), {"free": free})
+        usage = type("Usage", (), {"free": free, "total": 2**40})
         monkeypatch.setattr(files.shutil, "disk_usage", lambda path, usage=usage: usage)
         assert run_deblur(photo_path, tmp_path / str(code), "--num_epochs", "1") == code
     assert f"this run needs about {needed // 2**20 + 1} MB" in capsys.readouterr().err
@@ -147,6 +147,7 @@ def test_the_free_space_asked_for_is_what_this_run_needs(photo_path, tmp_path, m
 
 def test_a_failed_write_leaves_the_earlier_file_whole(photo_path, tmp_path, monkeypatch, capsys):
     (tmp_path / "reconstructed_image.jpg").write_bytes(b"an earlier result")
+    files.remember(tmp_path / "reconstructed_image.jpg")  # an earlier run's: Deblur's to replace
     real_save = images.Image.Image.save
 
     def disk_full(self, fp, *args, **kwargs):
@@ -196,3 +197,23 @@ def test_output_dir_with_a_tilde_is_the_home_folder(photo_path, tmp_path, monkey
     assert run_deblur(photo_path, "~/runs", "--num_epochs", "1") == 0
     assert (tmp_path / "home" / "runs" / "checkpoint.pt").exists()
     assert not (tmp_path / "~").exists()
+
+
+def test_a_users_own_figures_in_output_dir_are_never_replaced(photo_path, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    for name in ("progress.png", "progress.gif", "comparison.png", "history.csv"):
+        (out / name).write_bytes(f"the user's own {name}".encode())
+    before = digests(out)
+    assert run_deblur(photo_path, out) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and "which Deblur did not write" in errors[0], errors
+    assert digests(out) == before and not (out / ".deblur.lock").exists()
+
+
+def test_a_refused_run_creates_no_output_dir(photo_path, tmp_path, monkeypatch, capsys):
+    usage = type("Usage", (), {"free": 10 * 2**20, "total": 2**40})
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda path: usage)
+    assert run_deblur(photo_path, tmp_path / "new" / "run") == 2
+    assert "has only 10 MB free" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()

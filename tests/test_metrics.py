@@ -5,10 +5,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, image_pair
 
-from Deblur import load_image_pair
-from plumbing.images import image_to_tensor
 from plumbing.progress import psnr_from_mse
 from results import image_quality
 
@@ -56,11 +54,9 @@ def test_known_noise_gives_the_expected_psnr_and_ssim():
 
 
 def test_blurred_sample_baseline_matches_an_independent_computation():
-    blurred_image, sharp_image = load_image_pair(ROOT / "data" / "sample.jpg", 128, radius=5.0)
-    sharp, blurred = (image_to_tensor(i, torch.device("cpu")) for i in (sharp_image, blurred_image))
+    blurred, sharp, _, _ = image_pair(ROOT / "data" / "sample.jpg", 128, radius=5.0)
     psnr, ssim = image_quality(blurred, sharp)
-    a = np.asarray(blurred_image, dtype=np.float64).transpose(2, 0, 1) / 255
-    b = np.asarray(sharp_image, dtype=np.float64).transpose(2, 0, 1) / 255
+    a, b = (image[0].double().numpy() for image in (blurred, sharp))
     assert psnr == pytest.approx(10 * np.log10(1 / np.mean((a - b) ** 2)), abs=1e-3)
     assert ssim == pytest.approx(reference_ssim(a, b), abs=1e-3)
     assert 15 < psnr < 35 and 0.3 < ssim < 0.95

@@ -3,8 +3,7 @@
 import torch
 from torch import nn
 
-from Deblur import DeblurNet
-from UNet import UNet
+from networks import DeblurNet, UNet, local_mean
 
 
 def test_layers_are_the_originals_seven_convolutions_with_tanh_between():
@@ -52,12 +51,47 @@ def test_unet_keeps_any_size_and_starts_as_its_input():
         assert torch.equal(net(image), image)  # its last convolution starts at zero
 
 
-def test_unet_adds_to_its_input_and_clamps_only_outside_training():
+def test_unet_adds_detail_but_keeps_the_local_mean_and_clamps_only_outside_training():
+    torch.manual_seed(0)
     net = UNet()
-    nn.init.constant_(net.last.bias, 0.6)
-    image = torch.rand(1, 3, 16, 16)
-    torch.testing.assert_close(net.train()(image), image + 0.6)
-    torch.testing.assert_close(net.eval()(image), (image + 0.6).clamp(0, 1))
+    nn.init.constant_(net.last.bias, 0.6)  # a brightness shift, all of it taken away
+    image = torch.rand(1, 3, 160, 160)
+    torch.testing.assert_close(net.train()(image), image)
+    nn.init.normal_(net.last.weight, std=3.0)
+    restored = net.train()(image)
+    assert (restored - image).abs().max() > 0.5 and (restored > 1).any()  # detail, unclamped
+    assert net.eval()(image).min() >= 0 and net.eval()(image).max() <= 1
+
+
+def test_the_local_mean_is_each_pixels_window_mean_with_the_edges_replicated():
+    image = torch.rand(1, 2, 12, 9, generator=torch.Generator().manual_seed(1))
+    padded = torch.nn.functional.pad(image, [2] * 4, mode="replicate")
+    expected = torch.stack(
+        [
+            padded[..., row : row + 5, column : column + 5].mean(dim=(-2, -1))
+            for row in range(12)
+            for column in range(9)
+        ],
+        dim=-1,
+    ).reshape(1, 2, 12, 9)
+    torch.testing.assert_close(local_mean(image, 5), expected)
+
+
+def test_the_networks_take_wieners_result_and_its_blur_description():
+    image = torch.rand(2, 5, 24, 24)  # Wiener's result, the noise map and the spread map
+    for net in (UNet(inputs=5).eval(), DeblurNet(inputs=5)):
+        assert net(image).shape == (2, 3, 24, 24)
+    torch.testing.assert_close(UNet(inputs=5).eval()(image), image[:, :3])
+
+
+def furthest_seen(function, image):
+    """How far, in rows, an output pixel of `function` depends on the image, at its worst."""
+    furthest = 0
+    for row in range(120, 136):  # every position against the three poolings' grid, twice
+        (gradient,) = torch.autograd.grad(function(image)[0, :, row, 4].sum(), image)
+        seen = gradient.abs().sum(dim=(0, 1, 3)).nonzero().flatten()
+        furthest = max(furthest, row - seen.min().item(), seen.max().item() - row)
+    return furthest
 
 
 def test_unet_sees_reach_pixels_each_way_and_no_further():
@@ -65,12 +99,8 @@ def test_unet_sees_reach_pixels_each_way_and_no_further():
     net = UNet()
     nn.init.normal_(net.last.weight)
     image = torch.rand(1, 3, 256, 8, requires_grad=True)
-    furthest = 0
-    for row in range(120, 136):  # every position against the three poolings' grid, twice
-        (gradient,) = torch.autograd.grad(net(image)[0, :, row, 4].sum(), image)
-        seen = gradient.abs().sum(dim=(0, 1, 3)).nonzero().flatten()
-        furthest = max(furthest, row - seen.min().item(), seen.max().item() - row)
-    assert furthest == UNet.REACH
+    assert furthest_seen(net.correction, image) == UNet.REACH
+    assert furthest_seen(net, image) == UNet.REACH + UNet.MEAN_WINDOW // 2
 
 
 def test_unet_parameter_count_is_318483():

@@ -3,16 +3,24 @@ and a checkpoint that is not one, or of another problem, is refused before anyth
 
 import pytest
 import torch
-from conftest import HALF_PRECISION_SIZE, run_deblur, save_photo
+from conftest import HALF_PRECISION_SIZE, apply_deblur, run_deblur, save_photo
+
+import Deblur
 
 
 def checkpoint_of(out):
     return torch.load(out / "checkpoint.pt", weights_only=True)
 
 
-def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(photo_path, tmp_path, capsys):
-    # The split comes at epoch 2, between two logged and checkpointed epochs (3 and 5)
-    common = ("--perceptual_weight", "0.1", "--checkpoint_every", "3", "--log_every", "3")
+@pytest.mark.parametrize(
+    "blur", [(), ("--blur_kind", "random", "--noise_level", "4")], ids=["one blur", "any blur"]
+)
+def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(
+    photo_path, tmp_path, capsys, blur
+):
+    # The split comes at epoch 2, between two logged and checkpointed epochs (3 and 5). Random
+    # blur draws a fresh kernel and noise every epoch: the resumed run draws the same ones
+    common = ("--perceptual_weight", "0.1", "--checkpoint_every", "3", "--log_every", "3", *blur)
     assert run_deblur(photo_path, tmp_path / "whole", "--num_epochs", "5", *common) == 0
     assert run_deblur(photo_path, tmp_path / "split", "--num_epochs", "2", *common) == 0
     assert run_deblur(photo_path, tmp_path / "split", "--num_epochs", "5", "--resume", *common) == 0
@@ -169,3 +177,53 @@ def test_resuming_a_finished_checkpoint_elsewhere_names_only_what_it_wrote(
     results = [line for line in capsys.readouterr().out.splitlines() if "Results are in" in line]
     assert "comparison.png" in results[0] and "checkpoint.pt" not in results[0]
     assert not (tmp_path / "new" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("model", "foo"),
+        ("blur_kind", "foo"),
+        ("blur_radius", "5"),
+        ("blur_radius", float("nan")),
+        ("restore_from", "foo"),
+        ("noise_level", -1.0),
+        ("image_size", 2.5),
+    ],
+)
+def test_a_hand_edited_setting_in_a_checkpoint_is_refused_in_one_line(
+    trained_checkpoint, tmp_path, capsys, name, value
+):
+    checkpoint = torch.load(trained_checkpoint, weights_only=True)
+    checkpoint["settings"][name] = value
+    torch.save(checkpoint, tmp_path / "edited.pt")
+    photo = trained_checkpoint.parent / "train.png"
+    resume = ("--resume", str(tmp_path / "edited.pt"))
+    assert run_deblur(photo, tmp_path / "resumed", *resume) == 2
+    assert apply_deblur(photo, tmp_path / "applied", tmp_path / "edited.pt") == 2
+    for error in capsys.readouterr().err.strip().splitlines():
+        assert error.startswith("error:") and f"trained with {name} = {value!r}" in error
+    assert not (tmp_path / "resumed").exists() and not (tmp_path / "applied").exists()
+
+
+def test_a_checkpoint_that_does_not_say_its_network_is_known_by_its_weights(
+    photo_path, tmp_path, capsys
+):
+    unet = ("--model", "unet", "--restore_from", "wiener", "--num_epochs", "1")
+    assert run_deblur(photo_path, tmp_path, *unet) == 0
+    checkpoint = checkpoint_of(tmp_path)
+    del checkpoint["settings"]["model"], checkpoint["settings"]["restore_from"]
+    torch.save(checkpoint, tmp_path / "checkpoint.pt")
+    assert run_deblur(photo_path, tmp_path, *unet[:-1], "2", "--resume") == 0
+    assert "Resumed from" in capsys.readouterr().out and checkpoint_of(tmp_path)["epoch"] == 2
+
+
+def test_a_refused_resume_creates_nothing_and_loads_no_vgg(
+    trained_checkpoint, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(Deblur, "load_vgg19_loss", lambda *args: pytest.fail("VGG19 loaded"))
+    photo = trained_checkpoint.parent / "train.png"
+    args = ("--resume", str(trained_checkpoint), "--model", "unet", "--perceptual_weight", "0.1")
+    assert run_deblur(photo, tmp_path / "new", *args) == 2
+    assert "it was trained with model = 'deblurnet', not 'unet'" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()

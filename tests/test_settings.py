@@ -2,15 +2,22 @@
 
 import ast
 import re
+from types import SimpleNamespace
 
 import pytest
+import torch
 from conftest import ROOT, TINY
 
 import Deblur
 from plumbing.command_line import parse_settings
 from plumbing.device import pick_device
 from plumbing.errors import DeblurError
-from plumbing.progress import FOLDER_QUICK_LOOK, QUICK_LOOK
+from plumbing.progress import (
+    ANY_BLUR_QUICK_LOOK,
+    BLIND_QUICK_LOOK,
+    FOLDER_QUICK_LOOK,
+    QUICK_LOOK,
+)
 
 # The settings as shipped: the original project's defaults, and the new settings' own.
 SHIPPED = {
@@ -21,6 +28,7 @@ SHIPPED = {
     "blur_kind": "gaussian",
     "blur_radius": 5.0,
     "blur_angle": 0.0,
+    "noise_level": 0.0,
     "num_epochs": 20000,
     "lr": 0.0001,
     "weight_decay": 1e-5,
@@ -40,11 +48,18 @@ SHIPPED = {
     "output_dir": ".",
     "resume": "",
     "apply": "",
+    "kernel": "",
 }
 
 
 def parse(argv):
-    return parse_settings(Deblur.SETTINGS, Deblur.CHOICES, Deblur.__file__, argv)
+    return parse_settings(Deblur.SETTINGS, Deblur.CHOICES, Deblur.__file__, argv)[0]
+
+
+def test_the_settings_the_command_line_names_are_told_apart_from_defaults():
+    given = parse_settings(Deblur.SETTINGS, Deblur.CHOICES, Deblur.__file__, ["--blur_rad", "5"])[1]
+    assert given == {"blur_radius"}  # named, abbreviated, even at its default value
+    assert parse_settings(Deblur.SETTINGS, Deblur.CHOICES, Deblur.__file__, [])[1] == set()
 
 
 def test_shipped_defaults_are_the_original_projects():
@@ -101,12 +116,17 @@ def test_help_lists_every_setting_with_its_comment(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for name in Deblur.SETTINGS:
         assert f"--{name}" in text
-    assert "Adam learning rate" in text and "{gaussian,motion,defocus,box}" in text
+    assert "Adam learning rate" in text and "{gaussian,motion,defocus,box,random}" in text
+    assert "(default: 0.0001)" in text
 
 
 def test_every_blur_kind_on_the_command_line_has_a_kernel_and_no_other_does():
+    generator = torch.Generator().manual_seed(0)
     for kind in Deblur.CHOICES["blur_kind"]:
-        assert Deblur.blur_kernel(kind, 2.0).sum() == pytest.approx(1.0)
+        cfg = SimpleNamespace(blur_kind=kind, blur_radius=2.0, blur_angle=0.0, noise_level=0.0)
+        kernels, _ = Deblur.drawn(cfg, 1, generator)
+        assert kernels.sum() == pytest.approx(1.0)
+        assert kernels.shape[-1] == Deblur.kernel_width(cfg)
     with pytest.raises(ValueError, match="unknown blur kind 'swirl'; the kinds are gaussian"):
         Deblur.blur_kernel("swirl", 2.0)
 
@@ -129,6 +149,12 @@ def test_every_blur_kind_on_the_command_line_has_a_kernel_and_no_other_does():
         (["--batch_size", "10000000000000000000"], "--batch_size must be at most 4,096"),
         (["--crop_size", "5000"], "--crop_size must be at most 4,096"),
         (["--num_epochs", str(10**20)], "--num_epochs must be at most"),
+        (["--noise_level", "-1"], "--noise_level must be zero or positive"),
+        (["--noise_level", "nan"], "--noise_level must be a finite number"),
+        (["--noise_level", "100"], "--noise_level must be at most 64"),
+        (["--blur_kind", "random", "--blur_radius", "0.5"], "--blur_radius must be at least 1"),
+        (["--kernel", "psf.png"], "--kernel psf.png names the blur of a photo to --apply"),
+        (["--apply", "a.jpg", "--kernel", "k.png", "--blur_kind", "box"], "--kernel and --blur"),
     ],
     ids=lambda value: " ".join(value) if isinstance(value, list) else value,
 )
@@ -154,4 +180,5 @@ def test_readme_names_every_setting_and_no_line_numbers():
 def test_the_readmes_quick_looks_are_the_ones_a_long_run_suggests():
     readme = (ROOT / "README.md").read_text()
     assert f"python Deblur.py {QUICK_LOOK}\n" in readme
-    assert f"python Deblur.py --image_path data/train {FOLDER_QUICK_LOOK}\n" in readme
+    for folder_quick_look in (FOLDER_QUICK_LOOK, ANY_BLUR_QUICK_LOOK, BLIND_QUICK_LOOK):
+        assert f"python Deblur.py --image_path data/train {folder_quick_look}\n" in readme

@@ -9,13 +9,20 @@ import matplotlib.pyplot
 import numpy as np
 import pytest
 import torch
-from conftest import HALF_PRECISION_SIZE, run_deblur
+from conftest import HALF_PRECISION_SIZE, image_pair, run_deblur
 from PIL import Image
 from torchvision.models import VGG19_Weights
 
 import Deblur
 from plumbing.device import amp_dtype_for
-from plumbing.progress import FOLDER_QUICK_LOOK, QUICK_LOOK, Progress, frame_epochs
+from plumbing.progress import (
+    ANY_BLUR_QUICK_LOOK,
+    BLIND_QUICK_LOOK,
+    FOLDER_QUICK_LOOK,
+    QUICK_LOOK,
+    Progress,
+    frame_epochs,
+)
 
 LOG_LINE = re.compile(
     r"^Epoch (\d+), Total Loss: \d+\.\d{6}, MSE: \d+\.\d{6}, Perceptual: \d+\.\d{6}, "
@@ -78,12 +85,8 @@ def test_the_network_learns_to_turn_the_blurred_image_into_the_sharp_one(
     monkeypatch.setattr(Deblur.DeblurNet, "forward", recording_forward)
     monkeypatch.setattr(Deblur.F, "mse_loss", recording_mse)
     assert run_deblur(photo_path, tmp_path, "--num_epochs", "1") == 0
-    blurred, sharp = (as_tensor(image) for image in Deblur.load_image_pair(photo_path, 32))
+    blurred, sharp, _, _ = image_pair(photo_path, 32)
     assert torch.equal(seen[0], blurred) and torch.equal(targets[0], sharp)
-
-
-def as_tensor(image):
-    return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None] / 255
 
 
 def test_log_lines_start_with_the_originals_format(photo_path, tmp_path, capsys):
@@ -123,14 +126,14 @@ def test_the_final_epoch_is_logged_even_when_log_every_is_larger(photo_path, tmp
     assert (tmp_path / "training_curves.png").stat().st_size > 0
 
 
-def test_comparison_figure_has_the_originals_titled_panels_and_richardson_lucy(
+def test_comparison_figure_has_the_originals_titled_panels_and_the_wiener_oracle(
     photo_path, tmp_path, figure_titles
 ):
     assert run_deblur(photo_path, tmp_path) == 0
-    original, blurred, richardson_lucy, restored, kernel = figure_titles["comparison.png"]
+    original, blurred, oracle, restored, kernel = figure_titles["comparison.png"]
     assert original == "Original Image"
     assert blurred.startswith("Blurred Image\nPSNR ") and "SSIM" in blurred
-    assert richardson_lucy.startswith("Richardson–Lucy\nPSNR ")
+    assert oracle.startswith("Wiener at its best (oracle)\nPSNR ")
     assert restored.startswith("Reconstructed Image\nPSNR ")
     assert kernel == "kernel 31x31"  # the inset drawn on the blurred panel
 
@@ -138,16 +141,15 @@ def test_comparison_figure_has_the_originals_titled_panels_and_richardson_lucy(
 def test_an_untrained_unet_after_wiener_gives_wieners_result_and_the_figure_shows_it(
     photo_path, tmp_path, capsys, figure_titles, monkeypatch
 ):
-    # The first step is a sharper Wiener than the one compared against; made the same here, the
-    # untrained U-Net (its last convolution starts at zero) must give exactly Wiener's result
-    monkeypatch.setattr(Deblur, "FIRST_STEP_BALANCE", Deblur.WIENER_BALANCE)
+    # The untrained U-Net (its last convolution starts at zero) gives its first step's result:
+    # Wiener's, at the balance the baseline uses
     args = ("--model", "unet", "--restore_from", "wiener", "--lr", "1e-12", "--num_epochs", "1")
     assert run_deblur(photo_path, tmp_path, *args) == 0
     lines = capsys.readouterr().out.splitlines()
     network = next(line for line in lines if line.startswith("Network:"))
     wiener = next(line for line in lines if line.startswith("Wiener:"))
     assert network.split("PSNR ")[1].split(" (")[0] == wiener.split("PSNR ")[1].split(" (")[0]
-    assert figure_titles["comparison.png"][2].startswith("Wiener\nPSNR ")
+    assert figure_titles["comparison.png"][2].startswith("Wiener at its best (oracle)\nPSNR ")
 
 
 def test_same_seed_gives_an_identical_reconstruction(photo_path, tmp_path):
@@ -203,15 +205,28 @@ def test_divergence_stops_training_and_keeps_the_last_good_weights(photo_path, t
     assert reconstruction.std() > 0  # not NaN made one flat colour
 
 
-@pytest.mark.parametrize("folder", [False, True], ids=["one image", "a folder"])
-def test_a_long_run_suggests_the_quick_look_of_its_mode(capsys, tmp_path, folder):
+@pytest.mark.parametrize(
+    "folder, kind, restore_from, expected",
+    [
+        (False, "gaussian", "blurred", QUICK_LOOK),
+        (True, "gaussian", "wiener", FOLDER_QUICK_LOOK),
+        (True, "random", "wiener", ANY_BLUR_QUICK_LOOK),
+        (True, "random", "blurred", BLIND_QUICK_LOOK),
+    ],
+    ids=["one image", "a folder", "a folder, any blur", "a folder, blind"],
+)
+def test_a_long_run_suggests_the_quick_look_of_its_mode(
+    capsys, tmp_path, folder, kind, restore_from, expected
+):
     image_path = tmp_path if folder else tmp_path / "photo.png"
     cfg = SimpleNamespace(num_epochs=20000, output_dir=tmp_path, image_path=str(image_path))
+    cfg.__dict__.update(blur_kind=kind, restore_from=restore_from)
     progress = Progress(cfg, stop=None)
     progress.epoch = 10
     progress.log([0.1, 0.1, 0.0], rate=0.5)
-    expected = f"--image_path {tmp_path} {FOLDER_QUICK_LOOK}" if folder else QUICK_LOOK
-    assert f"A quick look: python Deblur.py {expected}" in capsys.readouterr().out
+    if folder:
+        expected = f"--image_path {tmp_path} {expected}"
+    assert f"A quick look: python Deblur.py {expected}\n" in capsys.readouterr().out
     progress.log([0.1, 0.1, 0.0], rate=0.5)
     assert "quick look" not in capsys.readouterr().out  # said once, at the first log line
 

@@ -297,11 +297,11 @@ def test_a_disk_full_inside_torch_save_replaces_nothing_and_leaves_no_partial_fi
 
 def test_a_stopped_apply_writes_nothing(trained_checkpoint, tmp_path, monkeypatch, capsys):
     big = save_photo(tmp_path, "big.png", (200, 1200))
-    signal_during(monkeypatch, Deblur.DeblurNet, "forward", signal.SIGTERM)
+    signal_during(monkeypatch, Deblur.DeblurNet, "correction", signal.SIGTERM)
     args = ("--apply", str(big), "--resume", str(trained_checkpoint))
     assert run_deblur("unused.png", tmp_path / "out", *args) == 143
     captured = capsys.readouterr()
-    assert "200x1200 pixels, in 19 strips" in captured.out
+    assert "200x1200 pixels, in 3 tiles" in captured.out
     assert "SIGTERM: stopped; nothing was written" in captured.err
     assert not list((tmp_path / "out").glob("*deblurred*")) and not list(
         tmp_path.rglob("*.partial")

@@ -1,0 +1,72 @@
+"""Reading a measured blur kernel (--kernel): an image or a NumPy array, checked and normalised.
+What a kernel does is blurs.py's.
+"""
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from plumbing.errors import DeblurError, note
+from plumbing.files import looked_up
+
+KERNEL_MOST = 255  # pixels a side of a measured blur kernel: more is background, not blur
+
+
+def read_kernel(path):
+    """A measured blur kernel (point-spread function) from a grayscale image (8 or 16 bits; a
+    colour one is made grey, said in a note) or a NumPy .npy array: (k, k) float64 on an odd
+    square, its middle pixel the kernel's, summing to 1. What cannot be one is refused by name."""
+    path = looked_up(Path(path).expanduser(), "kernel")
+    if not path.is_file():
+        raise DeblurError(
+            f"kernel not found: {path} (pass --kernel PSF: a grayscale image or a .npy array)"
+        )
+    if path.suffix.lower() == ".npy":
+        try:
+            values = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:  # damaged, or an array of Python objects
+            raise DeblurError(
+                f"--kernel {path} is not a NumPy array Deblur can read: {e}"
+            ) from None
+    else:
+        values = kernel_image(path)
+    if values.dtype.kind not in "buif" or values.ndim != 2:
+        raise DeblurError(
+            f"--kernel {path} holds a {values.dtype} array of shape {values.shape}; a blur kernel "
+            f"is 2-D numbers (1 x N for a straight horizontal line)"
+        )
+    values = values.astype(np.float64)
+    wrong = None
+    if not np.isfinite(values).all():
+        wrong = "has NaN or infinite values"
+    elif (values < 0).any():
+        wrong = "has negative values; light spreads by zero or more"
+    elif not values.any():
+        wrong = "is all zeros: it spreads no light"
+    elif max(values.shape) > KERNEL_MOST:
+        wrong = f"is {values.shape[1]}x{values.shape[0]}, larger than {KERNEL_MOST} pixels a side"
+    if wrong:
+        raise DeblurError(f"--kernel {path} {wrong}; pass the photo's measured blur kernel")
+    side = max(values.shape) | 1  # odd: a middle pixel
+    rows, columns = side - values.shape[0], side - values.shape[1]
+    padding = ((rows // 2, rows - rows // 2), (columns // 2, columns - columns // 2))
+    values = np.pad(values, padding)
+    return values / values.sum()
+
+
+def kernel_image(path):
+    """A kernel saved as an image: its pixel values, grey (a colour image is made grey)."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode not in ("L", "I", "F") and not image.mode.startswith("I;16"):
+                note(f"{path.name}: the kernel is made grey from {image.mode}")
+                image = image.convert("L")
+            return np.asarray(image)
+    except UnidentifiedImageError:
+        raise DeblurError(
+            f"--kernel {path} is neither an image Pillow can read nor a .npy array"
+        ) from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DeblurError(f"cannot read --kernel {path}: {e}") from None
