@@ -9,6 +9,7 @@ import torch
 from conftest import apply_deblur as apply
 from conftest import run_deblur, save_photo
 from PIL import Image
+from torch import nn
 
 import Deblur
 from blurs import blur_kernel
@@ -107,10 +108,20 @@ def whole_photo_result(checkpoint, photo, kernel, noise):
 def test_apply_runs_the_checkpoints_own_network_after_its_first_step(
     unet_after_wiener, tmp_path, capsys
 ):
+    # A correction large enough to see, from every pixel the network reaches: random weights
+    checkpoint = torch.load(unet_after_wiener, weights_only=True)
+    torch.manual_seed(0)
+    random = UNet(inputs=5)
+    nn.init.normal_(random.last.weight, std=1.0)
+    checkpoint["model"] = random.state_dict()
+    torch.save(checkpoint, tmp_path / "visible.pt")
     photo = save_photo(tmp_path, "tall.png", size=(90, 600), seed=4)
-    assert apply(photo, tmp_path / "out", unet_after_wiener, "--noise_level", "1") == 0
+    assert apply(photo, tmp_path / "out", tmp_path / "visible.pt", "--noise_level", "1") == 0
     assert "in 2 tiles" in capsys.readouterr().out  # of 512 x 512 pixels
-    whole = whole_photo_result(unet_after_wiener, photo, blur_kernel("gaussian", 2.0), 1.0)
+    whole = whole_photo_result(tmp_path / "visible.pt", photo, blur_kernel("gaussian", 2.0), 1.0)
+    assert np.abs(deblurred(tmp_path / "out" / "tall_deblurred.png") - whole).max() <= 1.0
+    untouched = whole_photo_result(unet_after_wiener, photo, blur_kernel("gaussian", 2.0), 1.0)
+    assert np.abs(whole - untouched).mean() > 0.5  # the correction shows
     assert np.abs(deblurred(tmp_path / "out" / "tall_deblurred.png") - whole).max() <= 1.0
 
 
