@@ -78,7 +78,7 @@ log_every = 10  # print a progress line and a history.csv row every this many ep
 checkpoint_every = 1000  # write output_dir/checkpoint.pt every this many epochs (and at the end)
 seed = 0  # seeds the initialisation, crops and blurs: same seed and settings, same result on a CPU
 device = "auto"  # auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps
-amp_dtype = "auto"  # auto (float16 on CUDA, bfloat16 on a CPU with AVX-512, else float32) or one
+amp_dtype = "auto"  # auto (float16 on CUDA, bfloat16 on a CPU made for it, else float32) or one
 torch_compile = "auto"  # torch.compile the network and VGG19: auto (on CUDA only), on or off
 model = "deblurnet"  # the network: deblurnet (the original's) or unet (networks.py, sees 105 px)
 restore_from = "blurred"  # what the network restores: the blurred image, or wiener (deconvolved)
@@ -410,14 +410,17 @@ def apply_to_photo(cfg, given, stop):
         # Wiener on the whole photo at once, kept in half precision (within 1/16 of an 8-bit
         # step); the network's correction in tiles; then its last step on the whole photo, a
         # channel at a time: memory for a few copies of the photo, not for all the network's work
-        inputs = network_input(blurred, kernel, noise, trained).half()
-        correction = inputs.new_empty(blurred.shape)
-        restored = torch.empty(blurred.shape, dtype=torch.uint8)
-        del blurred
+        described_photo = network_input(blurred, kernel, noise, trained).half()
+        inputs = described_photo[:, :3].clone()
+        description = described_photo[:, 3:, :1, :1].float()
+        del described_photo, blurred  # the description is the same at every pixel: one each
+        correction = torch.empty_like(inputs)
+        restored = torch.empty(inputs.shape, dtype=torch.uint8)
         amp = amp_dtype_for(cfg.amp_dtype, processor)  # bfloat16 where a CPU computes it fast
         with torch.no_grad(), torch.autocast(processor.type, amp, enabled=amp != torch.float32):
             for where, tile, inside in in_tiles(inputs, net.REACH, stop, photo_path):
-                correction[where] = net.correction(tile.float())[inside]
+                tile = torch.cat([tile.float(), description.expand(-1, -1, *tile.shape[-2:])], 1)
+                correction[where] = net.correction(tile)[inside]
         with torch.no_grad():
             for channel in range(3):
                 part = slice(channel, channel + 1)

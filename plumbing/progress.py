@@ -1,5 +1,5 @@
 """What a run says and keeps as it goes: the plan, a log line and a history row every log_every
-epochs, the checkpoint on time, the end; and --apply's strips. No figure is drawn here.
+epochs, the checkpoint on time, the end; and --apply's tiles. No figure is drawn here.
 """
 
 import math
@@ -242,7 +242,7 @@ def print_plan(cfg, processor, amp, perceptual, progress, baseline, warm_up):
     if amp == torch.float16 and processor.type == "cpu":
         note("float16 on a CPU is emulated and far slower than --amp_dtype auto")
     if amp == torch.bfloat16 and processor.type == "cpu" and not cpu_has_fast_bfloat16():
-        note("this CPU has no AVX-512: bfloat16 is emulated, about 20x slower than float32")
+        note("this CPU has no bfloat16 in hardware: it is emulated, 2-20x slower than float32")
 
 
 def report_outcome(outcome, progress, defaults):
@@ -288,12 +288,8 @@ def in_tiles(image, margin, stop, photo_path, core=512):
             raise Stopped(f"{signal_name(stop.signum)}: stopped; nothing was written", stop.signum)
         up, back = max(top - margin, 0), max(left - margin, 0)
         tile = image[..., up : top + core + margin, back : left + core + margin]
-        target = (..., slice(top, top + core), slice(left, left + core))
-        yield (
-            target,
-            tile,
-            (..., slice(top - up, top - up + core), slice(left - back, left - back + core)),
-        )
+        inside = (..., slice(top - up, top - up + core), slice(left - back, left - back + core))
+        yield (..., slice(top, top + core), slice(left, left + core)), tile, inside
         now = perf_counter()
         left_s = (now - began) / (done + 1) * (len(corners) - done - 1)
         if done == 0 and left_s > 10:

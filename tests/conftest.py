@@ -57,8 +57,8 @@ TINY = {
     "kernel": "",
 }
 
-# For float16 and bfloat16 on a CPU, which emulates them slowly (without AVX-512): 16 px, and a
-# blur that fits in them
+# For float16 and bfloat16 on a CPU, which emulates them slowly (without bfloat16 in hardware):
+# 16 px, and a blur that fits in them
 HALF_PRECISION_SIZE = ("--image_size", "16", "--blur_radius", "2")
 
 
