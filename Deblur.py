@@ -398,6 +398,7 @@ def apply_to_photo(cfg, given, stop):
     path, checkpoint, trained = read_checkpoint(cfg, CHOICES)
     net = make_network(trained.model, trained.restore_from, 0, processor).eval()
     load_weights(net, path, checkpoint)
+    net.to(memory_format=torch.channels_last)  # its tiles 1.4x faster (an Ice Lake Xeon's cores)
     undone = blur_to_undo(cfg, given, trained, path)  # what it was trained for, or the photo's
     kernel = measured if undone == "measured" else blur_kernel(*undone) if undone else None
     noise = cfg.noise_level  # given, or needed by no Wiener step
@@ -420,6 +421,7 @@ def apply_to_photo(cfg, given, stop):
         with torch.no_grad(), torch.autocast(processor.type, amp, enabled=amp != torch.float32):
             for where, tile, inside in in_tiles(inputs, net.REACH, stop, photo_path):
                 tile = torch.cat([tile.float(), description.expand(-1, -1, *tile.shape[-2:])], 1)
+                tile = tile.contiguous(memory_format=torch.channels_last)
                 correction[where] = net.correction(tile)[inside]
         with torch.no_grad():
             for channel in range(3):
