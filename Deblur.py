@@ -6,6 +6,7 @@ Wiener, Richardson-Lucy) is in blurs.py, the figures in results.py, the plumbing
 """
 
 import math
+from copy import deepcopy
 from functools import partial
 from itertools import repeat
 from pathlib import Path
@@ -51,11 +52,11 @@ from plumbing.images import (
     input_paths,
     read_image_folder,
     read_rgb_image,
-    resized,
+    read_sharp,
 )
-from plumbing.job import run_job
+from plumbing.job import report_outcome, run_job
 from plumbing.kernel_file import read_kernel
-from plumbing.progress import Progress, in_tiles, print_plan, report_outcome
+from plumbing.progress import Progress, in_tiles, print_plan
 from results import best_wiener, image_quality, print_summary, row_of, save_results
 
 # ---- Settings: edit a line, or override it for one run: python Deblur.py --num_epochs 300
@@ -101,17 +102,11 @@ class Pair(NamedTuple):
     noise: float
 
 
-def load_sharp(path, size, setting="image_path"):
-    """The image as 8-bit RGB, resized to size x size as the original did (None: as it is)."""
-    image = read_rgb_image(path, setting)
-    return resized(image, size, path) if size else image
-
-
 def load_image_pair(path, size, cfg, generator, processor="cpu", setting="image_path"):
-    """A Pair of (1, 3, H, W) tensors: the image (load_sharp) blurred as the settings say (Pillow's
+    """A Pair of (1, 3, H, W) tensors: the image (read_sharp) blurred as the settings say (Pillow's
     own GaussianBlur for gaussian, as the original; the random kind's kernel and noise level drawn
     by `generator`), with noise_level's noise, in 8 bits."""
-    sharp_image = load_sharp(path, size, setting)
+    sharp_image = read_sharp(path, size, setting)
     sharp = image_to_tensor(sharp_image, processor)
     kernels, noise = drawn(cfg, 1, generator)
     if cfg.blur_kind == "gaussian":  # exactly the original's blur
@@ -159,12 +154,11 @@ def losses(cfg, vgg, restored, sharp, target_maps):
     return cfg.mse_weight * pixel + cfg.perceptual_weight * perceptual, mse, perceptual
 
 
-def vgg_targets(vgg, sharp, amp):
+def vgg_targets(vgg, sharp, facts):
     """The sharp images' VGG19 features: the fixed side of the perceptual loss (None: no VGG)."""
     if vgg is None:
         return None
-    mixed = amp != torch.float32
-    with torch.no_grad(), torch.autocast(sharp.device.type, dtype=amp, enabled=mixed):
+    with torch.no_grad(), mixed_precision(facts):
         return vgg.feature_maps(sharp)
 
 
@@ -174,9 +168,21 @@ class Facts(NamedTuple):
 
     processor: torch.device
     amp: torch.dtype  # the autocast dtype
-    folder: bool  # trained on a folder's crops, not on one image
     width: int  # the blur kernel's width (the random family's largest)
     margin: int  # the real pixels a crop's network input needs around it (input_margin)
+
+
+def facts_of(cfg):
+    """The run's Facts, from its settings."""
+    processor = pick_device(cfg.device)
+    amp = amp_dtype_for(cfg.amp_dtype, processor)
+    width = kernel_width(cfg)
+    return Facts(processor, amp, width, input_margin(cfg, width))
+
+
+def mixed_precision(facts):
+    """Autocast to the run's AMP dtype: float16 or bfloat16 where safe, float32 where not."""
+    return torch.autocast(facts.processor.type, facts.amp, enabled=facts.amp != torch.float32)
 
 
 def make_training(cfg, net, vgg_weights, facts):
@@ -221,13 +227,13 @@ def folder_batches(images, cfg, facts, generator, vgg):
         inner = facts.margin  # the blur took blur_margin off each side
         inputs = inputs[:, :, inner : inner + cfg.crop_size, inner : inner + cfg.crop_size]
         sharp = sharp[:, :, margin : margin + cfg.crop_size, margin : margin + cfg.crop_size]
-        yield inputs, sharp, vgg_targets(vgg, sharp, facts.amp)
+        yield inputs, sharp, vgg_targets(vgg, sharp, facts)
 
 
 def image_batches(pair, cfg, facts, generator, vgg):
     """The one image every epoch, as (network input, sharp, VGG19 targets): its blurred version
     made once, as in the original; or for random blur, blurred afresh every epoch."""
-    targets = vgg_targets(vgg, pair.sharp, facts.amp)
+    targets = vgg_targets(vgg, pair.sharp, facts)
     if cfg.blur_kind != "random":
         made_once = network_input(pair.blurred, pair.kernel, pair.noise, cfg)
         yield from repeat((made_once, pair.sharp, targets))
@@ -252,7 +258,7 @@ def training_step(cfg, net, vgg, optimizer, scaler, batch, facts):
     loss terms, left on the device (reading them would make the host wait)."""
     inputs, sharp, target_maps = batch  # inputs: the blurred images, or Wiener's
     # Forward in mixed precision: float16 or bfloat16 where it is safe, float32 where not
-    with torch.autocast(facts.processor.type, dtype=facts.amp, enabled=facts.amp != torch.float32):
+    with mixed_precision(facts):
         restored = net(inputs)
         loss, mse, perceptual = losses(cfg, vgg, restored, sharp, target_maps)
     # Backward; under float16 the loss is scaled up so that small gradients survive
@@ -270,20 +276,26 @@ def training_step(cfg, net, vgg, optimizer, scaler, batch, facts):
 def train(cfg, net, vgg, optimizer, scaler, batches, progress, facts):
     """Trains epochs progress.epoch + 1 .. num_epochs on (network input, sharp, VGG19 targets)
     batches; returns 'done', 'stopped' or 'diverged'."""
-    progress.start(net)
+    progress.start()
+    last_good = deepcopy(net.state_dict())  # a diverged run's results: the last finite weights
     outcome = "done"
     for epoch in range(progress.epoch + 1, cfg.num_epochs + 1):
         batch = next(batches)
-        if facts.folder:  # one image keeps the original's constant lr
+        if cfg.folder:  # one image keeps the original's constant lr
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, epoch)
         terms = training_step(cfg, net, vgg, optimizer, scaler, batch, facts)
         # Every log_every epochs: read the losses, log, checkpoint. Only then does the host wait.
         due = progress.due(epoch)
-        if due:
-            outcome = progress.record(epoch, due, net, optimizer, scaler, terms)
-            if outcome != "running":
-                break
+        if not due:
+            continue
+        outcome = progress.record(epoch, due, net, optimizer, scaler, terms)
+        if outcome == "diverged":
+            net.load_state_dict(last_good)
+            break
+        last_good = deepcopy(net.state_dict())
+        if outcome != "running":
+            break
     return outcome
 
 
@@ -324,7 +336,7 @@ CHOICES = {
 
 def load_test_pairs(cfg, inputs, facts):
     """{setting: Pair} of the images to test on, on the device; a folder's keep their size."""
-    size = None if facts.folder else cfg.image_size
+    size = None if cfg.folder else cfg.image_size
     draws = torch.Generator().manual_seed(TEST_DRAWS)
     pairs = {}
     for setting, path in inputs.items():
@@ -336,23 +348,19 @@ def load_test_pairs(cfg, inputs, facts):
 def run(cfg, stop, vgg_weights):
     """Trains on the image, or on crops of a folder's images, then evaluates, reports and saves;
     returns the exit code."""
-    processor = pick_device(cfg.device)
+    facts = facts_of(cfg)
     out = Path(cfg.output_dir)
     inputs = input_paths(cfg, UNSEEN_SAMPLE)
-    folder = Path(cfg.image_path).is_dir()
-    width = kernel_width(cfg)
-    amp = amp_dtype_for(cfg.amp_dtype, processor)
-    facts = Facts(processor, amp, folder, width, input_margin(cfg, width))
     checkpoint = read_checkpoint(cfg, CHOICES)[:2] if cfg.resume else None  # nothing written yet
     pairs = load_test_pairs(cfg, inputs, facts)
     photos = [Path(cfg.image_path)]  # the one training image, or a folder's, decoded once
-    if folder:  # as 8-bit (3, H, W): crops are cut from them, and turned to floats
-        margin = width // 2 + facts.margin  # the blur's and the Wiener step's
+    if cfg.folder:  # as 8-bit (3, H, W): crops are cut from them, and turned to floats
+        margin = facts.width // 2 + facts.margin  # the blur's and the Wiener step's
         decoded = read_image_folder(Path(cfg.image_path), cfg.crop_size, margin, inputs)
         photos = list(decoded)
     if checkpoint:
         check_same_images(cfg, *checkpoint, photos)
-    net = make_network(cfg.model, cfg.restore_from, cfg.seed, processor)
+    net = make_network(cfg.model, cfg.restore_from, cfg.seed, facts.processor)
     parameters = sum(parameter.numel() for parameter in net.parameters())
     read = [*inputs.values(), *photos]  # none of them may be overwritten by a result
     with locked_output_dir(out, read, space_needed(parameters, cfg.image_size)):
@@ -360,45 +368,44 @@ def run(cfg, stop, vgg_weights):
         check_something_to_learn(cfg, vgg is not None)
         generator = torch.Generator().manual_seed(cfg.seed)  # crops, kernels and noise
         progress = Progress(cfg, stop, generator, trained_on=photos)
-        if folder:
+        if cfg.folder:
             batches = folder_batches(list(decoded.values()), cfg, facts, generator, vgg)
         else:
             batches = image_batches(pairs["image_path"], cfg, facts, generator, vgg)
         if checkpoint:
             restore_training(cfg, *checkpoint, net, optimizer, scaler, progress)
-        shown = pairs["sample" if folder else "image_path"]  # the first row of the figure
+        shown = pairs["sample" if cfg.folder else "image_path"]  # the first row of the figure
         baseline = image_quality(shown.blurred, shown.sharp, shown.kernel.shape[0] // 2)
-        print_plan(cfg, processor, amp, vgg is not None, progress, baseline, WARM_UP)
+        print_plan(cfg, facts.processor, facts.amp, vgg is not None, progress, baseline, WARM_UP)
         watched = network_input(shown.blurred, shown.kernel, shown.noise, cfg)
         progress.watch(watched, shown.sharp, shown.kernel.shape[0] // 2)  # for progress.png
 
         def warm_up(batch):  # the step's forward and backward, for torch.compile
             inputs, sharp, target_maps = batch
-            with torch.autocast(processor.type, dtype=amp, enabled=amp != torch.float32):
+            with mixed_precision(facts):
                 losses(cfg, vgg, net(inputs), sharp, target_maps)[0].backward()
 
         modules = [net, vgg] if vgg else [net]
-        batches = compiled_on_first_batch(cfg, modules, processor, batches, warm_up)
+        batches = compiled_on_first_batch(cfg, modules, facts.processor, batches, warm_up)
         outcome = train(cfg, net, vgg, optimizer, scaler, batches, progress, facts)
 
         net.eval()
         rows = [evaluate(net, setting, pair, cfg) for setting, pair in pairs.items()]
-        print_summary(rows)
-        save_results(out, rows, progress, not folder and cfg.blur_kind != "random")
+        print_summary(rows, cfg.folder)
+        save_results(out, rows, progress, not cfg.folder and cfg.blur_kind != "random")
     return report_outcome(outcome, progress, SETTINGS)
 
 
 def apply_to_photo(cfg, given, stop):
     """--apply: the trained network, after its first step, on a photo at the photo's own size, in
     tiles (memory stays small), as output_dir/<name>_deblurred.png."""
-    processor = pick_device(cfg.device)
+    facts = facts_of(cfg)
     photo_path = input_paths(cfg)["apply"]
-    blurred = image_to_tensor(read_rgb_image(photo_path, "apply"), processor, torch.float16)
+    blurred = image_to_tensor(read_rgb_image(photo_path, "apply"), facts.processor, torch.float16)
     measured = read_kernel(cfg.kernel) if cfg.kernel else None
     path, checkpoint, trained = read_checkpoint(cfg, CHOICES)
-    net = make_network(trained.model, trained.restore_from, 0, processor).eval()
+    net = make_network(trained.model, trained.restore_from, 0, facts.processor).eval()
     load_weights(net, path, checkpoint)
-    net.to(memory_format=torch.channels_last)  # its tiles 1.4x faster (an Ice Lake Xeon's cores)
     undone = blur_to_undo(cfg, given, trained, path)  # what it was trained for, or the photo's
     kernel = measured if undone == "measured" else blur_kernel(*undone) if undone else None
     noise = cfg.noise_level  # given, or needed by no Wiener step
@@ -417,11 +424,10 @@ def apply_to_photo(cfg, given, stop):
         del described_photo, blurred  # the description is the same at every pixel: one each
         correction = torch.empty_like(inputs)
         restored = torch.empty(inputs.shape, dtype=torch.uint8)
-        amp = amp_dtype_for(cfg.amp_dtype, processor)  # bfloat16 where a CPU computes it fast
-        with torch.no_grad(), torch.autocast(processor.type, amp, enabled=amp != torch.float32):
+        with torch.no_grad(), mixed_precision(facts):
             for where, tile, inside in in_tiles(inputs, net.REACH, stop, photo_path):
                 tile = torch.cat([tile.float(), description.expand(-1, -1, *tile.shape[-2:])], 1)
-                tile = tile.contiguous(memory_format=torch.channels_last)
+                tile = tile.contiguous(memory_format=torch.channels_last)  # as the network: 1.4x
                 correction[where] = net.correction(tile)[inside]
         with torch.no_grad():
             for channel in range(3):

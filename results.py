@@ -16,7 +16,7 @@ from blurs import wiener
 from plumbing.checkpoints import HISTORY_COLUMNS
 from plumbing.files import save_figure, save_image
 from plumbing.images import tensor_to_image, thumbnail, to_hwc
-from plumbing.progress import inside, psnr_from_mse, write_history
+from plumbing.progress import psnr_from_mse, without_border, write_history
 
 CAPTION = 36  # pixels above each frame of progress.png for its epoch and PSNR
 FONT = ImageFont.load_default(size=13)
@@ -54,7 +54,9 @@ def best_wiener(blurred, kernel, sharp, border):
     def psnr_at(exponent):
         if exponent not in tried:
             restored = wiener(blurred, kernel, 10**exponent)
-            error = F.mse_loss(inside(restored, border), inside(sharp, border)).item()
+            error = F.mse_loss(
+                without_border(restored, border), without_border(sharp, border)
+            ).item()
             tried[exponent] = (psnr_from_mse(error), restored)
         return tried[exponent][0]
 
@@ -66,8 +68,8 @@ def best_wiener(blurred, kernel, sharp, border):
 def image_quality(image, reference, border=0):
     """(PSNR in dB, SSIM) of an image in [0, 1] against the reference, leaving out `border` pixels
     on each side, as deblurring papers do: there the blur mixed in pixels from past the edge."""
-    image = inside(image, border).float().cpu()
-    reference = inside(reference, border).float().cpu()
+    image = without_border(image, border).float().cpu()
+    reference = without_border(reference, border).float().cpu()
     pair = (image[0].numpy(), reference[0].numpy())
     similarity = structural_similarity(*pair, channel_axis=0, data_range=1.0, **GAUSSIAN_SSIM)
     return psnr_from_mse(F.mse_loss(image, reference).item()), similarity
@@ -83,10 +85,10 @@ def row_of(setting, images, sharp, border, kernel):
     return Row(LABELS[setting], sharp.cpu(), results, kernel, border)
 
 
-def print_summary(rows):
+def print_summary(rows, folder):
     """A line per method: PSNR, SSIM and gain over the blurred input, for each image; then the
     network's gain over the strongest baseline, Wiener at each image's best balance."""
-    if rows[0].label:
+    if folder:
         print("Neither image below was trained on: the network learned from the folder.")
     print(f"PSNR and SSIM leave out a {rows[0].border}-pixel border, the blur kernel's half-width")
     print("(less on an image too small to keep SSIM's 11x11 window), as deblurring papers do.")

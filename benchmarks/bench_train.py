@@ -25,7 +25,6 @@ sys.path.insert(0, str(ROOT))
 import Deblur  # noqa: E402
 from PerceptualLoss import VGG19Loss  # noqa: E402
 from plumbing.command_line import parse_settings  # noqa: E402
-from plumbing.device import amp_dtype_for, pick_device  # noqa: E402
 from plumbing.images import read_image_folder  # noqa: E402
 from plumbing.progress import ANY_BLUR_QUICK_LOOK, BLIND_QUICK_LOOK, FOLDER_QUICK_LOOK  # noqa: E402
 
@@ -33,11 +32,7 @@ from plumbing.progress import ANY_BLUR_QUICK_LOOK, BLIND_QUICK_LOOK, FOLDER_QUIC
 def settings(argv):
     """Deblur's settings with `argv`, and the Facts a run would work out from them."""
     cfg = parse_settings(Deblur.SETTINGS, Deblur.CHOICES, Deblur.__file__, argv)[0]
-    processor = pick_device(cfg.device)
-    width = Deblur.kernel_width(cfg)
-    amp = amp_dtype_for(cfg.amp_dtype, processor)
-    folder = Path(cfg.image_path).is_dir()
-    return cfg, Deblur.Facts(processor, amp, folder, width, Deblur.input_margin(cfg, width))
+    return cfg, Deblur.facts_of(cfg)
 
 
 def deblur_step(cfg, facts, batches, vgg):
@@ -59,7 +54,7 @@ def naive_step(cfg, facts, pair, vgg):
     blurred, sharp = pair.blurred.contiguous(), pair.sharp.contiguous()
 
     def step():
-        with torch.autocast(facts.processor.type, facts.amp, enabled=facts.amp != torch.float32):
+        with Deblur.mixed_precision(facts):
             restored = net(blurred)
             loss = cfg.mse_weight * F.mse_loss(restored, sharp)
             loss = loss + cfg.perceptual_weight * vgg(restored, sharp)

@@ -9,12 +9,14 @@ from types import SimpleNamespace
 
 import torch
 
-from plumbing.command_line import BLUR_SETTINGS
+from plumbing.command_line import BLUR_SETTINGS, DERIVED
 from plumbing.errors import DeblurError, note
-from plumbing.files import CHECKPOINT, atomic_path, file_digest, first_free_name, looked_up
+from plumbing.files import CHECKPOINT, atomic_path, file_digest, first_free_name, name_checked
 
 CHECKPOINT_KEYS = ("model", "optimizer", "scaler", "settings", "epoch", "elapsed", "history")
-GENERATOR = torch.Generator().get_state().shape  # the state of a folder's crops' generator
+GENERATOR_STATE_SHAPE = (
+    torch.Generator().get_state().shape
+)  # the state of a folder's crops' generator
 HISTORY_COLUMNS = ("epoch", "total", "mse", "perceptual", "psnr", "seconds")
 # The settings a resumed run must share with its checkpoint: the problem it learned to solve
 PROBLEM = ("image_path", "image_size", "blur_radius", "blur_kind", "blur_angle", "noise_level")
@@ -29,34 +31,30 @@ RANGES["blur_angle"] = (-math.inf, math.inf)
 
 def save_checkpoint(path, net, optimizer, scaler, progress):
     """Atomic; a fresh run's first checkpoint moves an earlier run's aside (checkpoint.N.pt)."""
+    settings = {name: value for name, value in vars(progress.cfg).items() if name not in DERIVED}
     state = {
         "model": net.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
-        "settings": vars(progress.cfg),
-        "epoch": progress.epoch,
-        "elapsed": progress.elapsed,
-        "history": progress.history,
-        "image_digest": progress.image_digest,
-        "crops_generator": progress.generator.get_state() if progress.generator else None,
-        "frames": progress.frames,
+        "settings": settings,
+        **progress.state_dict(),
     }
     with atomic_path(path) as temporary:
         torch.save(state, temporary)
-        if path.exists() and not progress.ours:
+        if path.exists() and not progress.owns_checkpoint:
             kept = first_free_name(path)
             os.replace(path, kept)
             note(
                 f"a fresh run: the earlier {path.name} was kept as {kept.name} "
                 f"(--resume {kept} continues it)"
             )
-    progress.ours = True
+    progress.owns_checkpoint = True
 
 
 def checkpoint_path(cfg):
     if cfg.resume in ("", "auto"):
-        return looked_up(Path(cfg.output_dir) / CHECKPOINT, "output_dir")
-    return looked_up(Path(cfg.resume), "resume")
+        return name_checked(Path(cfg.output_dir) / CHECKPOINT, "output_dir")
+    return name_checked(Path(cfg.resume), "resume")
 
 
 def read_checkpoint(cfg, choices):
@@ -125,7 +123,10 @@ def well_formed(checkpoint):
         and all(torch.is_tensor(tensor) for tensor in checkpoint["model"].values())
         and isinstance(checkpoint["optimizer"].get("state"), dict)
         and isinstance(checkpoint["optimizer"].get("param_groups"), list)
-        and (generator is None or (torch.is_tensor(generator) and generator.shape == GENERATOR))
+        and (
+            generator is None
+            or (torch.is_tensor(generator) and generator.shape == GENERATOR_STATE_SHAPE)
+        )
         and type(checkpoint["epoch"]) is int
         and checkpoint["epoch"] >= 0
         and isinstance(checkpoint["elapsed"], number)
@@ -176,13 +177,8 @@ def restore_training(cfg, path, checkpoint, net, optimizer, scaler, progress):
             note(f"resuming with {name} = {value!r} (the checkpoint used {saved[name]!r})")
     for group in optimizer.param_groups:
         group.update(lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if progress.generator and torch.is_tensor(checkpoint["crops_generator"]):
-        progress.generator.set_state(checkpoint["crops_generator"])
-    progress.epoch = checkpoint["epoch"]
-    progress.elapsed = checkpoint["elapsed"]
-    progress.history = checkpoint["history"]
-    progress.frames = checkpoint["frames"]
-    progress.ours = path.resolve() == (Path(cfg.output_dir) / CHECKPOINT).resolve()
+    progress.load_state_dict(checkpoint)
+    progress.owns_checkpoint = path.resolve() == (Path(cfg.output_dir) / CHECKPOINT).resolve()
     print(f"Resumed from {path} at epoch {progress.epoch}")
     if progress.epoch >= cfg.num_epochs:
         note(

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from plumbing.errors import DeblurError, refuse
+from plumbing.images import resolve_image_path
 
 # Old option names that still work, for settings renamed since.
 ALIASES = {"torch_compile": ("--compile",)}
@@ -34,6 +35,8 @@ AT_MOST = {
 }
 NOT_NEGATIVE = ("blur_radius", "noise_level", "weight_decay", "mse_weight", "perceptual_weight")
 BLUR_SETTINGS = ("blur_kind", "blur_radius", "blur_angle")
+# What the settings decide, worked out with them once: not settings, never saved as settings
+DERIVED = ("folder",)
 
 
 def settings_in(namespace):
@@ -75,6 +78,8 @@ def parse_settings(settings, choices, script, argv=None):
     cfg.output_dir = os.path.expanduser(cfg.output_dir)  # a shell leaves '~/x' in quotes as is
     if cfg.resume != "auto":
         cfg.resume = os.path.expanduser(cfg.resume)
+    # Decided here, once, and read everywhere else (DERIVED): a folder trains on crops of its photos
+    cfg.folder = not cfg.apply and resolve_image_path(cfg.image_path, "image_path").is_dir()
     return cfg, set(given)
 
 
@@ -120,9 +125,9 @@ def resume_command(cfg, defaults):
     the settings block, so that the problem matches, quoted for the shell."""
     script = sys.argv[0] if sys.argv[0].endswith("Deblur.py") else "Deblur.py"
     words = ["python", script, "--resume"]
-    for name, value in vars(cfg).items():
-        if name not in ("resume", "apply", "kernel") and value != defaults[name]:
-            words += [f"--{name}", str(value)]
+    for name, default in defaults.items():
+        if name not in ("resume", "apply", "kernel") and getattr(cfg, name) != default:
+            words += [f"--{name}", str(getattr(cfg, name))]
     return shlex.join(words)
 
 

@@ -24,7 +24,7 @@ OUTPUTS = (
 )
 
 
-def looked_up(path, setting):
+def name_checked(path, setting):
     """`path`, or a one-line refusal where the system cannot even look it up (a name over the
     file system's 255 bytes, say), instead of a traceback later."""
     try:

@@ -11,7 +11,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.nn import functional as F
 
 from plumbing.errors import DeblurError, first_line, note
-from plumbing.files import file_digest, looked_up, recorded
+from plumbing.files import file_digest, name_checked, recorded
 
 LABELS_OF_TESTS = {"sample": "unseen sample", "holdout_path": "--holdout_path image"}
 FOLDER_PIXELS = 300_000_000  # at 3 bytes a pixel, a folder's images may take 900 MB in memory
@@ -19,7 +19,7 @@ FOLDER_PIXELS = 300_000_000  # at 3 bytes a pixel, a folder's images may take 90
 
 def resolve_image_path(path, setting):
     """A relative path missing from the current folder is looked up next to Deblur.py."""
-    given = looked_up(Path(path).expanduser(), setting)
+    given = name_checked(Path(path).expanduser(), setting)
     beside_script = Path(__file__).resolve().parent.parent / path
     if not given.is_absolute() and not given.exists() and beside_script.exists():
         return beside_script
@@ -177,6 +177,12 @@ def rescaled_to_8_bits(image, path):
     return Image.fromarray((pixels * 255 / full_scale).round().clip(0, 255).astype(np.uint8))
 
 
+def read_sharp(path, size, setting="image_path"):
+    """The image as 8-bit RGB, resized to size x size as the original did (None: as it is)."""
+    image = read_rgb_image(path, setting)
+    return resized(image, size, path) if size else image
+
+
 def resized(image, size, path):
     """The image at size x size, as the original did; stretching and squashing are said."""
     changes = []
@@ -244,7 +250,7 @@ def input_paths(cfg, unseen_sample=None):
         return {"apply": resolve_image_path(cfg.apply, "apply")}
     inputs = {"image_path": resolve_image_path(cfg.image_path, "image_path")}
     cfg.image_path = str(inputs["image_path"].resolve())
-    if inputs["image_path"].is_dir():
+    if cfg.folder:
         inputs = {"sample": resolve_image_path(unseen_sample, "image_path")}
     if cfg.holdout_path:
         inputs["holdout_path"] = resolve_image_path(cfg.holdout_path, "holdout_path")

@@ -12,8 +12,9 @@ from types import SimpleNamespace
 
 import torch
 
-from plumbing.command_line import parse_settings
+from plumbing.command_line import parse_settings, resume_command
 from plumbing.errors import DeblurError, Stopped
+from plumbing.files import CHECKPOINT, OUTPUTS
 
 STOP_SIGNALS = [
     getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
@@ -121,14 +122,39 @@ def run_job(train, apply, settings, choices, script, argv):
         except (MemoryError, RuntimeError) as e:
             if not is_out_of_memory(e):
                 raise
-            print(
-                f"error: out of memory {smaller_run(cfg or SimpleNamespace(**settings))}",
-                file=sys.stderr,
-            )
+            read = cfg or SimpleNamespace(**settings, folder=False)  # or before they were read
+            print(f"error: out of memory {smaller_run(read)}", file=sys.stderr)
             return 1
         finally:
             for number, handler in previous.items():
                 signal.signal(number, handler)
+
+
+def report_outcome(outcome, progress, defaults):
+    """Says how training ended and where the results are; returns the exit code."""
+    cfg, stop = progress.cfg, progress.stop
+    if outcome == "diverged":
+        print(
+            f"error: the loss became NaN or infinite by epoch {progress.diverged_at}, so training "
+            f"stopped; results are from epoch {progress.epoch}'s weights, the last good ones, and "
+            f"the last good checkpoint was kept. lr {cfg.lr} is probably too high: "
+            f"try --lr {cfg.lr / 10:g}",
+            file=sys.stderr,
+        )
+        return 1
+    out = Path(cfg.output_dir).resolve()
+    written = [name for name in (*OUTPUTS, CHECKPOINT) if (out / name).exists()]
+    print(f"Results are in {out}: {', '.join(written)}")
+    if outcome == "stopped":
+        print(
+            f"Training stopped early at epoch {progress.epoch} of {cfg.num_epochs}. "
+            f"To continue: {resume_command(cfg, defaults)}"
+        )
+    if stop.signum is None:
+        return 0
+    if outcome == "done":  # the signal came after training: the results were finished first
+        print(f"{signal_name(stop.signum)} came after training had finished: all is saved")
+    return 128 + stop.signum
 
 
 def is_out_of_memory(error):
@@ -140,6 +166,6 @@ def is_out_of_memory(error):
 
 def smaller_run(cfg):
     """What to make smaller after running out of memory, for one image or a folder."""
-    if Path(cfg.image_path).is_dir():
+    if cfg.folder:
         return f"with --batch_size {cfg.batch_size}; try a smaller --batch_size"
     return f"at image_size {cfg.image_size}; try --image_size {cfg.image_size // 2}"

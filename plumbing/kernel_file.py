@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from plumbing.errors import DeblurError, note
-from plumbing.files import looked_up
+from plumbing.files import name_checked
 
 KERNEL_MOST = 255  # pixels a side of a measured blur kernel: more is background, not blur
 
@@ -17,7 +17,7 @@ def read_kernel(path):
     """A measured blur kernel (point-spread function) from a grayscale image (8 or 16 bits; a
     colour one is made grey, said in a note) or a NumPy .npy array: (k, k) float64 on an odd
     square, its middle pixel the kernel's, summing to 1. What cannot be one is refused by name."""
-    path = looked_up(Path(path).expanduser(), "kernel")
+    path = name_checked(Path(path).expanduser(), "kernel")
     if not path.is_file():
         raise DeblurError(
             f"kernel not found: {path} (pass --kernel PSF: a grayscale image or a .npy array)"

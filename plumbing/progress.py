@@ -4,7 +4,6 @@ epochs, the checkpoint on time, the end; and --apply's tiles. No figure is drawn
 
 import math
 import shlex
-import sys
 from datetime import timedelta
 from functools import cached_property
 from itertools import count
@@ -16,10 +15,9 @@ import torch
 from torch.nn import functional as F
 
 from plumbing.checkpoints import HISTORY_COLUMNS, save_checkpoint
-from plumbing.command_line import resume_command
 from plumbing.device import cpu_has_fast_bfloat16
 from plumbing.errors import DeblurError, Stopped, note, warn
-from plumbing.files import CHECKPOINT, OUTPUTS, file_digest, save_text
+from plumbing.files import CHECKPOINT, file_digest, save_text
 from plumbing.images import thumbnail
 from plumbing.job import signal_name
 
@@ -36,7 +34,7 @@ ANY_BLUR_QUICK_LOOK = f"{ANY_BLUR} --blur_radius 15 --restore_from wiener"
 BLIND_QUICK_LOOK = f"{ANY_BLUR} --blur_radius 4 --restore_from blurred"
 
 
-class Due(NamedTuple):
+class Duties(NamedTuple):
     """What an epoch that is not like the others has to do."""
 
     logs: bool
@@ -71,9 +69,10 @@ class Progress:
         self.epoch = 0
         self.elapsed = 0.0
         self.history = []
-        self.ours = False  # whether output_dir/checkpoint.pt is this run's (else it is kept aside)
+        self.owns_checkpoint = (
+            False  # whether output_dir/checkpoint.pt is this run's (else it is kept aside)
+        )
         self.checkpoint_owed = False  # a checkpoint write failed: try again at the next log
-        self.last_good = None  # the last weights known to be finite
         self.diverged_at = None
         self.timer_epoch = 0
         self.timer = perf_counter()
@@ -89,8 +88,27 @@ class Progress:
     def watch(self, inputs, sharp, border):
         self.watched = (inputs, sharp, border)
 
-    def start(self, net):
-        self.last_good = copy_of_weights(net)
+    def state_dict(self):
+        """What a checkpoint keeps of the run, as PyTorch's own objects give theirs."""
+        return {
+            "epoch": self.epoch,
+            "elapsed": self.elapsed,
+            "history": self.history,
+            "image_digest": self.image_digest,
+            "crops_generator": self.generator.get_state() if self.generator else None,
+            "frames": self.frames,
+        }
+
+    def load_state_dict(self, state):
+        """The run as a checkpoint kept it (state_dict's keys)."""
+        if self.generator and torch.is_tensor(state["crops_generator"]):
+            self.generator.set_state(state["crops_generator"])
+        self.epoch = state["epoch"]
+        self.elapsed = state["elapsed"]
+        self.history = state["history"]
+        self.frames = state["frames"]
+
+    def start(self):
         self.timer_epoch = self.epoch
         self.timer = perf_counter()
 
@@ -102,19 +120,18 @@ class Progress:
         saves = epoch % self.cfg.checkpoint_every == 0 or final
         frame = self.watched is not None and (final or epoch in self.frame_at)
         if logs or saves or frame:
-            return Due(logs, saves, final, stopping, frame)
+            return Duties(logs, saves, final, stopping, frame)
         return None
 
     def record(self, epoch, due, net, optimizer, scaler, losses):
-        """Returns 'running', 'done', 'stopped' or 'diverged' (the last finite weights restored)."""
+        """Returns 'running', 'done', 'stopped' or 'diverged' (a loss or a weight not finite:
+        nothing is logged or saved)."""
         values = [loss.item() for loss in losses]
-        weights = copy_of_weights(net)
-        finite = torch.stack([w.isfinite().all() for w in weights.values()]).all()
+        weights = net.state_dict().values()
+        finite = torch.stack([weight.isfinite().all() for weight in weights]).all()
         if not all(map(math.isfinite, values)) or not finite:
-            net.load_state_dict(self.last_good)  # results come from the last weights known finite
             self.diverged_at = epoch
             return "diverged"
-        self.last_good = weights
         now = perf_counter()
         rate = (epoch - self.timer_epoch) / (now - self.timer)
         self.epoch = epoch
@@ -140,7 +157,7 @@ class Progress:
         with torch.no_grad():
             restored = net(inputs).float().clamp(0, 1)
         net.train()
-        mse = F.mse_loss(inside(restored, border), inside(sharp, border)).item()
+        mse = F.mse_loss(without_border(restored, border), without_border(sharp, border)).item()
         self.frames.append([epoch, psnr_from_mse(mse), thumbnail(restored)])
 
     def try_to_write(self, due, write, *args):
@@ -167,7 +184,7 @@ class Progress:
         )
         if len(self.history) == 1 and remaining > 3600:
             quick_look = QUICK_LOOK
-            if Path(self.cfg.image_path).is_dir():
+            if self.cfg.folder:
                 quick_look = FOLDER_QUICK_LOOK
                 if self.cfg.blur_kind == "random":
                     quick_look = ANY_BLUR_QUICK_LOOK
@@ -192,15 +209,11 @@ def psnr_from_mse(mse):
     return 10 * math.log10(1 / mse) if mse > 0 else math.inf
 
 
-def inside(image, border):
+def without_border(image, border):
     """The image as the metrics see it: without `border` pixels on each side, or fewer on an image
     too small to keep SSIM's 11x11 window."""
     border = max(0, min(border, (min(image.shape[-2:]) - 11) // 2))
     return image[..., border : image.shape[-2] - border, border : image.shape[-1] - border]
-
-
-def copy_of_weights(net):
-    return {name: tensor.detach().clone() for name, tensor in net.state_dict().items()}
 
 
 def hms(seconds):
@@ -219,7 +232,7 @@ def print_plan(cfg, processor, amp, perceptual, progress, baseline, warm_up):
     if cfg.noise_level:
         blur += f", noise of {'up to ' if cfg.blur_kind == 'random' else ''}{cfg.noise_level}/255"
     print(f"Using device: {processor}")
-    if Path(cfg.image_path).is_dir():
+    if cfg.folder:
         print(
             f"Images: random {cfg.crop_size}x{cfg.crop_size} crops of {cfg.image_path}, "
             f"{cfg.batch_size} a step, turned and mirrored at random, at their own size "
@@ -243,33 +256,6 @@ def print_plan(cfg, processor, amp, perceptual, progress, baseline, warm_up):
         note("float16 on a CPU is emulated and far slower than --amp_dtype auto")
     if amp == torch.bfloat16 and processor.type == "cpu" and not cpu_has_fast_bfloat16():
         note("this CPU has no bfloat16 in hardware: it is emulated, 2-20x slower than float32")
-
-
-def report_outcome(outcome, progress, defaults):
-    """Says how training ended and where the results are; returns the exit code."""
-    cfg, stop = progress.cfg, progress.stop
-    if outcome == "diverged":
-        print(
-            f"error: the loss became NaN or infinite by epoch {progress.diverged_at}, so training "
-            f"stopped; results are from epoch {progress.epoch}'s weights, the last good ones, and "
-            f"the last good checkpoint was kept. lr {cfg.lr} is probably too high: "
-            f"try --lr {cfg.lr / 10:g}",
-            file=sys.stderr,
-        )
-        return 1
-    out = Path(cfg.output_dir).resolve()
-    written = [name for name in (*OUTPUTS, CHECKPOINT) if (out / name).exists()]
-    print(f"Results are in {out}: {', '.join(written)}")
-    if outcome == "stopped":
-        print(
-            f"Training stopped early at epoch {progress.epoch} of {cfg.num_epochs}. "
-            f"To continue: {resume_command(cfg, defaults)}"
-        )
-    if stop.signum is None:
-        return 0
-    if outcome == "done":  # the signal came after training: the results were finished first
-        print(f"{signal_name(stop.signum)} came after training had finished: all is saved")
-    return 128 + stop.signum
 
 
 def in_tiles(image, margin, stop, photo_path, core=512):

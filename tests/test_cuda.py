@@ -11,7 +11,6 @@ from conftest import run_deblur
 
 import Deblur
 from plumbing.command_line import parse_settings
-from plumbing.device import amp_dtype_for
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -24,12 +23,10 @@ def losses(out):
 def test_auto_picks_float16_with_an_enabled_grad_scaler_on_cuda(tmp_path):
     argv = ["--device", "cuda", "--amp_dtype", "auto", "--output_dir", str(tmp_path)]
     cfg, _ = parse_settings(Deblur.SETTINGS, Deblur.CHOICES, Deblur.__file__, argv)
-    cuda = torch.device("cuda")
-    net = Deblur.make_network(cfg.model, cfg.seed, cuda)
-    amp = amp_dtype_for(cfg.amp_dtype, cuda)
-    facts = Deblur.Facts(cuda, amp, False, 31, 0)
+    facts = Deblur.facts_of(cfg)
+    net = Deblur.make_network(cfg.model, cfg.restore_from, cfg.seed, facts.processor)
     vgg, optimizer, scaler = Deblur.make_training(cfg, net, None, facts)
-    assert amp == torch.float16
+    assert facts.amp == torch.float16
     assert scaler.is_enabled()
     assert torch.backends.cuda.matmul.allow_tf32  # set_float32_matmul_precision("high")
 

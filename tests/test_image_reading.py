@@ -7,13 +7,12 @@ import pytest
 from conftest import ROOT, image_pair, make_photo, run_deblur, save_photo
 from PIL import Image, features
 
-from Deblur import load_sharp
 from plumbing import images
-from plumbing.images import resolve_image_path
+from plumbing.images import read_sharp, resolve_image_path
 
 
 def sharp_of(path, size=32):
-    return load_sharp(path, size)
+    return read_sharp(path, size)
 
 
 def test_grayscale_image_is_converted_to_rgb(tmp_path, capsys):
@@ -51,7 +50,7 @@ def test_exif_orientation_is_applied_before_resizing(tmp_path, capsys):
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
     path = save_photo(tmp_path, "rotated.jpg", image=image, exif=exif, quality=95)
-    sharp = load_sharp(path, 32)
+    sharp = read_sharp(path, 32)
     top, bottom = np.asarray(sharp)[2, 16], np.asarray(sharp)[29, 16]
     assert top[0] > 200 > bottom[0]  # displayed upright, the red half is on top
     assert "EXIF orientation" in capsys.readouterr().out

@@ -224,9 +224,8 @@ def test_divergence_stops_training_and_keeps_the_last_good_weights(photo_path, t
 def test_a_long_run_suggests_the_quick_look_of_its_mode(
     capsys, tmp_path, folder, kind, restore_from, expected
 ):
-    image_path = tmp_path if folder else tmp_path / "photo.png"
-    cfg = SimpleNamespace(num_epochs=20000, output_dir=tmp_path, image_path=str(image_path))
-    cfg.__dict__.update(blur_kind=kind, restore_from=restore_from)
+    cfg = SimpleNamespace(num_epochs=20000, output_dir=tmp_path, image_path=str(tmp_path))
+    cfg.__dict__.update(folder=folder, blur_kind=kind, restore_from=restore_from)
     progress = Progress(cfg, stop=None)
     progress.epoch = 10
     progress.log([0.1, 0.1, 0.0], rate=0.5)
