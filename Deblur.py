@@ -101,6 +101,11 @@ class Pair(NamedTuple):
     kernel: object  # a (k, k) NumPy array
     noise: float
 
+    @property
+    def border(self):
+        """The pixels the metrics leave out on each side: the kernel's half-width."""
+        return self.kernel.shape[0] // 2
+
 
 def load_image_pair(path, size, cfg, generator, processor="cpu", setting="image_path"):
     """A Pair of (1, 3, H, W) tensors: the image (read_sharp) blurred as the settings say (Pillow's
@@ -170,6 +175,7 @@ class Facts(NamedTuple):
     amp: torch.dtype  # the autocast dtype
     width: int  # the blur kernel's width (the random family's largest)
     margin: int  # the real pixels a crop's network input needs around it (input_margin)
+    around_crop: int  # the real pixels cut around a folder's crop: the blur's, then the margin
 
 
 def facts_of(cfg):
@@ -177,7 +183,8 @@ def facts_of(cfg):
     processor = pick_device(cfg.device)
     amp = amp_dtype_for(cfg.amp_dtype, processor)
     width = kernel_width(cfg)
-    return Facts(processor, amp, width, input_margin(cfg, width))
+    margin = input_margin(cfg, width)
+    return Facts(processor, amp, width, margin, width // 2 + margin)
 
 
 def mixed_precision(facts):
@@ -201,8 +208,7 @@ def folder_batches(images, cfg, facts, generator, vgg):
     of 90 degrees and maybe mirrored (augmentation: 8 views of every crop), as (network input,
     sharp, VGG19 targets). Each is cut with margins, so that neither the blur nor the Wiener step
     sees a made-up edge, and blurred with its own kernel and noise (blurs.drawn)."""
-    blur_margin = facts.width // 2
-    margin = blur_margin + facts.margin
+    margin = facts.around_crop
     size = cfg.crop_size + 2 * margin
     while True:
         crops = []
@@ -224,7 +230,7 @@ def folder_batches(images, cfg, facts, generator, vgg):
         kernels, noise = drawn(cfg, cfg.batch_size, generator)
         blurred = photographed(blur(sharp, kernels, pad=False), noise, generator)
         inputs = network_input(blurred, kernels, noise, cfg, pad=facts.width)
-        inner = facts.margin  # the blur took blur_margin off each side
+        inner = facts.margin  # the blur took its half-width off each side
         inputs = inputs[:, :, inner : inner + cfg.crop_size, inner : inner + cfg.crop_size]
         sharp = sharp[:, :, margin : margin + cfg.crop_size, margin : margin + cfg.crop_size]
         yield inputs, sharp, vgg_targets(vgg, sharp, facts)
@@ -292,10 +298,9 @@ def train(cfg, net, vgg, optimizer, scaler, batches, progress, facts):
         outcome = progress.record(epoch, due, net, optimizer, scaler, terms)
         if outcome == "diverged":
             net.load_state_dict(last_good)
-            break
-        last_good = deepcopy(net.state_dict())
         if outcome != "running":
             break
+        last_good = deepcopy(net.state_dict())
     return outcome
 
 
@@ -303,20 +308,18 @@ def train(cfg, net, vgg, optimizer, scaler, batches, progress, facts):
 def evaluate(net, setting, pair, cfg):
     """The comparison's Row for the test image of `setting`: the blurred input, the deconvolutions
     with its known kernel (Wiener by its rule and at this image's best balance, an oracle;
-    Richardson-Lucy) and the network, each with its PSNR and SSIM (a kernel's half-width of
-    border left out)."""
+    Richardson-Lucy) and the network, each with its PSNR and SSIM (Pair.border left out)."""
     blurred, sharp, kernel, noise = pair
-    border = kernel.shape[0] // 2
     with torch.no_grad():
         restored = net(network_input(blurred, kernel, noise, cfg)).float()
     images = {
         "Blurred": blurred,
         "Wiener": wiener(blurred, kernel, wiener_balance(kernel, noise)),
-        "Wiener oracle": best_wiener(blurred, kernel, sharp, border),
+        "Wiener oracle": best_wiener(blurred, kernel, sharp, pair.border),
         "Richardson–Lucy": richardson_lucy(blurred, kernel, rl_iterations(noise)),
         "Network": restored,
     }
-    return row_of(setting, images, sharp, border, kernel)
+    return row_of(setting, images, sharp, pair.border, kernel)
 
 
 # ---- The job
@@ -334,12 +337,12 @@ CHOICES = {
 }
 
 
-def load_test_pairs(cfg, inputs, facts):
+def load_test_pairs(cfg, test_paths, facts):
     """{setting: Pair} of the images to test on, on the device; a folder's keep their size."""
     size = None if cfg.folder else cfg.image_size
     draws = torch.Generator().manual_seed(TEST_DRAWS)
     pairs = {}
-    for setting, path in inputs.items():
+    for setting, path in test_paths.items():
         pairs[setting] = load_image_pair(path, size, cfg, draws, facts.processor, setting)
         check_blur_fits(pairs[setting].kernel, pairs[setting].sharp, setting)
     return pairs
@@ -350,19 +353,18 @@ def run(cfg, stop, vgg_weights):
     returns the exit code."""
     facts = facts_of(cfg)
     out = Path(cfg.output_dir)
-    inputs = input_paths(cfg, UNSEEN_SAMPLE)
+    test_paths = input_paths(cfg, UNSEEN_SAMPLE)
     checkpoint = read_checkpoint(cfg, CHOICES)[:2] if cfg.resume else None  # nothing written yet
-    pairs = load_test_pairs(cfg, inputs, facts)
+    pairs = load_test_pairs(cfg, test_paths, facts)
     photos = [Path(cfg.image_path)]  # the one training image, or a folder's, decoded once
     if cfg.folder:  # as 8-bit (3, H, W): crops are cut from them, and turned to floats
-        margin = facts.width // 2 + facts.margin  # the blur's and the Wiener step's
-        decoded = read_image_folder(Path(cfg.image_path), cfg.crop_size, margin, inputs)
+        decoded = read_image_folder(photos[0], cfg.crop_size, facts.around_crop, test_paths)
         photos = list(decoded)
     if checkpoint:
         check_same_images(cfg, *checkpoint, photos)
     net = make_network(cfg.model, cfg.restore_from, cfg.seed, facts.processor)
     parameters = sum(parameter.numel() for parameter in net.parameters())
-    read = [*inputs.values(), *photos]  # none of them may be overwritten by a result
+    read = [*test_paths.values(), *photos]  # none of them may be overwritten by a result
     with locked_output_dir(out, read, space_needed(parameters, cfg.image_size)):
         vgg, optimizer, scaler = make_training(cfg, net, vgg_weights, facts)
         check_something_to_learn(cfg, vgg is not None)
@@ -375,10 +377,10 @@ def run(cfg, stop, vgg_weights):
         if checkpoint:
             restore_training(cfg, *checkpoint, net, optimizer, scaler, progress)
         shown = pairs["sample" if cfg.folder else "image_path"]  # the first row of the figure
-        baseline = image_quality(shown.blurred, shown.sharp, shown.kernel.shape[0] // 2)
+        baseline = image_quality(shown.blurred, shown.sharp, shown.border)
         print_plan(cfg, facts.processor, facts.amp, vgg is not None, progress, baseline, WARM_UP)
         watched = network_input(shown.blurred, shown.kernel, shown.noise, cfg)
-        progress.watch(watched, shown.sharp, shown.kernel.shape[0] // 2)  # for progress.png
+        progress.watch(watched, shown.sharp, shown.border)  # for progress.png
 
         def warm_up(batch):  # the step's forward and backward, for torch.compile
             inputs, sharp, target_maps = batch

@@ -115,8 +115,7 @@ def folder_benchmark(args):
         ("blind", BLIND_QUICK_LOOK),
     ):
         cfg, facts = settings(["--image_path", "data/train", *quick_look.split()])
-        margin = facts.width // 2 + facts.margin
-        photos = read_image_folder(ROOT / "data/train", cfg.crop_size, margin)
+        photos = read_image_folder(ROOT / "data/train", cfg.crop_size, facts.around_crop)
         generator = torch.Generator().manual_seed(0)
         batches = Deblur.folder_batches(list(photos.values()), cfg, facts, generator, None)
         steps = {"step": deblur_step(cfg, facts, batches, None), "batch": lambda b=batches: next(b)}

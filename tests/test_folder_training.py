@@ -104,7 +104,8 @@ def folder_batches(photos, crop_size, batch_size, restore_from, kind="gaussian",
     cfg.__dict__.update(blur_kind=kind, blur_radius=radius, blur_angle=0.0, noise_level=0.0)
     width = Deblur.kernel_width(cfg)
     cpu = torch.device("cpu")
-    facts = Deblur.Facts(cpu, torch.float32, width, Deblur.input_margin(cfg, width))
+    margin = Deblur.input_margin(cfg, width)
+    facts = Deblur.Facts(cpu, torch.float32, width, margin, width // 2 + margin)
     return Deblur.folder_batches(photos, cfg, facts, torch.Generator().manual_seed(0), None)
 
 
