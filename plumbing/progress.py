@@ -255,7 +255,7 @@ def print_plan(cfg, processor, amp, perceptual, progress, baseline, warm_up):
     if amp == torch.float16 and processor.type == "cpu":
         note("float16 on a CPU is emulated and far slower than --amp_dtype auto")
     if amp == torch.bfloat16 and processor.type == "cpu" and not cpu_has_fast_bfloat16():
-        note("this CPU has no bfloat16 in hardware: it is emulated, 2-20x slower than float32")
+        note("this CPU has no bfloat16 in hardware: emulated, it is 2-21x slower than float32")
 
 
 def in_tiles(image, margin, stop, photo_path, core=512):

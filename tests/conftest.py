@@ -2,6 +2,7 @@
 run of seconds, running Deblur in-process or as real processes in the background, and the digests
 of a user's files."""
 
+import csv
 import hashlib
 import os
 import struct
@@ -11,10 +12,12 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.error import URLError
 
 import numpy as np
 import pytest
 import torch
+import torchvision
 from PIL import Image
 
 # One core for this process, the other for the real processes that ProcessTable runs meanwhile:
@@ -266,3 +269,24 @@ def trained_checkpoint(tmp_path_factory):
         patch.setenv("MPLBACKEND", "Agg")
         assert run_deblur(save_photo(folder, "train.png"), folder, "--num_epochs", "2") == 0
     return folder / "checkpoint.pt"
+
+
+def checkpoint_of(path):
+    """The checkpoint at `path`, or in the folder `path`, read as a user's script would."""
+    path = Path(path)
+    return torch.load(path / "checkpoint.pt" if path.is_dir() else path, weights_only=True)
+
+
+def history(out):
+    """history.csv in `out`: a dict of strings per logged epoch."""
+    with open(Path(out) / "history.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def offline(monkeypatch):
+    """No VGG19 weights can be downloaded: as on a machine without a network."""
+
+    def no_network(*args, **kwargs):
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.models._api.WeightsEnum, "get_state_dict", no_network)

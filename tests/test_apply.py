@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import apply_deblur as apply
-from conftest import run_deblur, save_photo
+from conftest import checkpoint_of, run_deblur, save_photo
 from PIL import Image
 from torch import nn
 
@@ -37,7 +37,7 @@ def test_apply_deblurs_a_photo_at_its_own_size_without_training(
     # The tiles add up to what the network gives on the whole photo at once, within an 8-bit step
     # (what it is given is kept in float16)
     net = DeblurNet().to(memory_format=torch.channels_last).eval()
-    net.load_state_dict(torch.load(trained_checkpoint, weights_only=True)["model"])
+    net.load_state_dict(checkpoint_of(trained_checkpoint)["model"])
     with torch.no_grad():
         whole = to_hwc(net(image_to_tensor(Image.open(photo).convert("RGB"), "cpu")))
     assert np.abs(deblurred(result) - whole * 255).max() <= 1.0
@@ -98,7 +98,7 @@ def unet_after_wiener(tmp_path_factory):
 def whole_photo_result(checkpoint, photo, kernel, noise):
     """What the checkpoint's U-Net, after its Wiener step, makes of the whole photo at once."""
     net = UNet(inputs=5).eval()  # Wiener's result, the noise map and the spread map
-    net.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
+    net.load_state_dict(checkpoint_of(checkpoint)["model"])
     trained = SimpleNamespace(restore_from="wiener")
     image = image_to_tensor(Image.open(photo), "cpu")
     with torch.no_grad():
@@ -109,7 +109,7 @@ def test_apply_runs_the_checkpoints_own_network_after_its_first_step(
     unet_after_wiener, tmp_path, capsys
 ):
     # A correction large enough to see, from every pixel the network reaches: random weights
-    checkpoint = torch.load(unet_after_wiener, weights_only=True)
+    checkpoint = checkpoint_of(unet_after_wiener)
     torch.manual_seed(0)
     random = UNet(inputs=5)
     nn.init.normal_(random.last.weight, std=1.0)
@@ -209,7 +209,7 @@ def test_a_blind_checkpoint_takes_no_kernel(tmp_path, capsys):
 def test_a_checkpoint_whose_weights_are_another_networks_is_refused(
     trained_checkpoint, tmp_path, capsys
 ):
-    checkpoint = torch.load(trained_checkpoint, weights_only=True)  # DeblurNet's weights
+    checkpoint = checkpoint_of(trained_checkpoint)  # DeblurNet's weights
     checkpoint["settings"]["model"] = "unet"
     torch.save(checkpoint, tmp_path / "mislabelled.pt")
     assert apply(save_photo(tmp_path), tmp_path / "out", tmp_path / "mislabelled.pt") == 2

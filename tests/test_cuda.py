@@ -3,21 +3,14 @@
 Skipped, with the reason, on a machine without CUDA (CI has none); run them where there is one.
 """
 
-import csv
-
 import pytest
 import torch
-from conftest import run_deblur
+from conftest import history, run_deblur
 
 import Deblur
 from plumbing.command_line import parse_settings
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-def losses(out):
-    with open(out / "history.csv", newline="") as f:
-        return [float(row["total"]) for row in csv.DictReader(f)]
 
 
 def test_auto_picks_float16_with_an_enabled_grad_scaler_on_cuda(tmp_path):
@@ -47,7 +40,7 @@ def test_compiled_training_on_cuda_lowers_the_loss_like_eager(photo_path, tmp_pa
         args = ("--device", "cuda", "--torch_compile", mode, "--num_epochs", "20")
         extra = ("--log_every", "10", "--perceptual_weight", "0.1")
         assert run_deblur(photo_path, tmp_path / mode, *args, *extra) == 0
-        found[mode] = losses(tmp_path / mode)
+        found[mode] = [float(row["total"]) for row in history(tmp_path / mode)]
     assert found["on"][-1] < found["on"][0]
     assert found["on"] == pytest.approx(found["off"], rel=0.05)
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import ROOT, png_bytes, run_deblur, save_photo
+from conftest import ROOT, checkpoint_of, png_bytes, run_deblur, save_photo
 from PIL import Image
 
 import Deblur
@@ -53,7 +53,7 @@ def test_a_folder_trains_on_crops_and_tests_on_two_unseen_images(folder, tmp_pat
         "Network",
     ]
     assert all("unseen: PSNR" in line for line in summary)
-    checkpoint = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)
+    checkpoint = checkpoint_of(tmp_path / "out")
     assert checkpoint["epoch"] == 6 and torch.is_tensor(checkpoint["crops_generator"])
     assert checkpoint["optimizer"]["param_groups"][0]["lr"] == 0  # the cosine's end
     assert Image.open(tmp_path / "out" / "reconstructed_image.jpg").size == (40, 36)  # own size
@@ -76,8 +76,8 @@ def test_a_resumed_folder_run_equals_an_uninterrupted_one(folder, tmp_path, monk
     assert run(folder, tmp_path / "split", *unet_after_wiener) == 128 + signal.SIGTERM
     monkeypatch.setattr(Progress, "due", real_due)
     assert run(folder, tmp_path / "split", *unet_after_wiener, "--resume") == 0
-    whole = torch.load(tmp_path / "whole/checkpoint.pt", weights_only=True)
-    split = torch.load(tmp_path / "split/checkpoint.pt", weights_only=True)
+    whole = checkpoint_of(tmp_path / "whole")
+    split = checkpoint_of(tmp_path / "split")
     assert split["settings"]["model"] == "unet" and split["settings"]["blur_kind"] == "random"
     logged = {row[0]: row[:5] for row in split["history"]}  # the split run also logged epoch 5
     assert [logged[row[0]] for row in whole["history"]] == [row[:5] for row in whole["history"]]
@@ -152,7 +152,7 @@ def test_the_seed_setting_decides_the_crops(folder, tmp_path):
     checkpoints = {}
     for name, seed in (("a", "0"), ("b", "0"), ("c", "7")):
         assert run(folder, tmp_path / name, "--seed", seed, "--num_epochs", "2") == 0
-        checkpoints[name] = torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
+        checkpoints[name] = checkpoint_of(tmp_path / name)
     a, b, c = checkpoints["a"], checkpoints["b"], checkpoints["c"]
     assert torch.equal(a["crops_generator"], b["crops_generator"])
     assert torch.equal(a["model"]["main.0.weight"], b["model"]["main.0.weight"])

@@ -1,10 +1,9 @@
 """The VGG19 perceptual loss: its layers, its sum, frozen, and its weights when offline."""
 
-from urllib.error import URLError
-
 import pytest
 import torch
 import torchvision
+from conftest import offline
 from torch import nn
 from torch.nn import functional as F
 from torchvision.models import VGG19_Weights, vgg19
@@ -100,11 +99,7 @@ def test_unloadable_weights_give_none_and_a_message_naming_the_damaged_file(
 
 def test_offline_the_message_says_where_to_put_the_weights(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-
-    def offline(*args, **kwargs):
-        raise URLError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr(torchvision.models._api.WeightsEnum, "get_state_dict", offline)
+    offline(monkeypatch)
     assert load_vgg19_loss("IMAGENET1K_V1", torch.device("cpu")) is None
     err = capsys.readouterr().err
     url = VGG19_Weights.IMAGENET1K_V1.url

@@ -3,13 +3,9 @@ and a checkpoint that is not one, or of another problem, is refused before anyth
 
 import pytest
 import torch
-from conftest import HALF_PRECISION_SIZE, apply_deblur, run_deblur, save_photo
+from conftest import HALF_PRECISION_SIZE, apply_deblur, checkpoint_of, run_deblur, save_photo
 
 import Deblur
-
-
-def checkpoint_of(out):
-    return torch.load(out / "checkpoint.pt", weights_only=True)
 
 
 @pytest.mark.parametrize(
@@ -143,7 +139,7 @@ def test_a_hand_made_checkpoint_is_refused_before_training(
     trained_checkpoint, tmp_path, capsys, case
 ):
     change, message = HAND_MADE[case]
-    checkpoint = torch.load(trained_checkpoint, weights_only=True)  # as a user's script might
+    checkpoint = checkpoint_of(trained_checkpoint)  # as a user's script might
     change(checkpoint)
     torch.save(checkpoint, tmp_path / "hand.pt")
     photo = trained_checkpoint.parent / "train.png"  # the image it was trained on
@@ -194,7 +190,7 @@ def test_resuming_a_finished_checkpoint_elsewhere_names_only_what_it_wrote(
 def test_a_hand_edited_setting_in_a_checkpoint_is_refused_in_one_line(
     trained_checkpoint, tmp_path, capsys, name, value
 ):
-    checkpoint = torch.load(trained_checkpoint, weights_only=True)
+    checkpoint = checkpoint_of(trained_checkpoint)
     checkpoint["settings"][name] = value
     torch.save(checkpoint, tmp_path / "edited.pt")
     photo = trained_checkpoint.parent / "train.png"

@@ -1,7 +1,6 @@
 """Training: the loss goes down, the log and history say so, the step is the original's (autocast,
 scaler, unscale, clip), reproducible, and the host reads the device only when it logs."""
 
-import csv
 import re
 from types import SimpleNamespace
 
@@ -9,7 +8,7 @@ import matplotlib.pyplot
 import numpy as np
 import pytest
 import torch
-from conftest import HALF_PRECISION_SIZE, image_pair, run_deblur
+from conftest import HALF_PRECISION_SIZE, checkpoint_of, history, image_pair, run_deblur
 from PIL import Image
 from torchvision.models import VGG19_Weights
 
@@ -29,11 +28,6 @@ LOG_LINE = re.compile(
     r"PSNR: -?\d+\.\d\d dB, \d+\.\d epochs/s, elapsed \d+:\d\d:\d\d, ETA \d+:\d\d:\d\d$"
 )
 OUTPUTS = ("comparison.png", "reconstructed_image.jpg", "training_curves.png", "history.csv")
-
-
-def history(out):
-    with open(out / "history.csv", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.mark.real_figures
@@ -204,7 +198,7 @@ def test_divergence_stops_training_and_keeps_the_last_good_weights(photo_path, t
     assert run_deblur(photo_path, tmp_path, *args) == 1
     err = capsys.readouterr().err
     assert "became NaN or infinite" in err and "try --lr 1e+35" in err
-    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    checkpoint = checkpoint_of(tmp_path)
     assert all(torch.isfinite(t).all() for t in checkpoint["model"].values())
     assert checkpoint["epoch"] < 50 and f"epoch {checkpoint['epoch']}'s weights" in err
     reconstruction = np.asarray(Image.open(tmp_path / "reconstructed_image.jpg"))
@@ -251,7 +245,7 @@ def test_compile_on_compiles_the_network_and_computes_what_eager_does(
         assert run_deblur(photo_path, tmp_path / mode, "--torch_compile", mode) == 0
         losses[mode] = [float(r["total"]) for r in history(tmp_path / mode)]
     assert losses["on"] == pytest.approx(losses["off"], rel=1e-2)
-    checkpoint = torch.load(tmp_path / "on" / "checkpoint.pt", weights_only=True)
+    checkpoint = checkpoint_of(tmp_path / "on")
     assert set(checkpoint["model"]) == set(Deblur.DeblurNet().state_dict())  # names unchanged
 
 

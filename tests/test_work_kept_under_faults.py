@@ -9,18 +9,17 @@ import shlex
 import signal
 import subprocess
 from pathlib import Path
-from urllib.error import URLError
 
 import pytest
-import torch
-import torchvision
 from conftest import (
     HALF_PRECISION_SIZE,
     ROOT,
     SCRIPT,
     ProcessTable,
+    checkpoint_of,
     digests,
     make_photo,
+    offline,
     png_bytes,
     run_deblur,
     save_photo,
@@ -183,7 +182,7 @@ def test_the_script_runs_from_another_folder_with_the_shipped_images(runs):
 def test_a_stopped_run_saves_everything_and_its_printed_command_resumes_it(runs, capsys):
     (_, out, _), folder, *_ = runs["SIGTERM mid-run, in a folder with a space"]
     run_folder = folder / "my run"
-    stopped = torch.load(run_folder / "checkpoint.pt", weights_only=True)["epoch"]
+    stopped = checkpoint_of(run_folder)["epoch"]
     assert f"stopped early at epoch {stopped} of 100000" in out
     assert (run_folder / "checkpoint.1.pt").read_bytes() == EARLIER_CHECKPOINT  # kept aside
     for name in ("history.csv", "comparison.png", "reconstructed_image.jpg", "training_curves.png"):
@@ -205,10 +204,10 @@ def test_a_closed_pipe_costs_no_training(runs):
         ("stdout full (> /dev/full)", 4),
     ):
         _, folder, *_ = runs[name]
-        assert torch.load(folder / "out" / "checkpoint.pt", weights_only=True)["epoch"] == epoch
+        assert checkpoint_of(folder / "out")["epoch"] == epoch
         assert (folder / "out" / "comparison.png").exists(), name
     _, folder, *_ = runs["| tee, then Ctrl-C"]
-    assert torch.load(folder / "out" / "checkpoint.pt", weights_only=True)["epoch"] >= 1
+    assert checkpoint_of(folder / "out")["epoch"] >= 1
 
 
 def test_a_second_run_in_the_same_folder_is_refused_naming_the_first(
@@ -230,7 +229,7 @@ def test_a_second_run_in_the_same_folder_is_refused_naming_the_first(
     errors = capsys.readouterr().err.strip().splitlines()
     assert seconds == [2] and len(errors) == 1, errors
     assert f"another Deblur run (PID {os.getpid()}) is using output_dir {out}" in errors[0]
-    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 6  # the first's
+    assert checkpoint_of(out)["epoch"] == 6  # the first's
 
 
 # ---- The same kinds of fault where no real process is needed: in this process, in less time
@@ -260,7 +259,7 @@ def test_a_signal_mid_run_saves_everything_at_the_epoch_it_names(
     signal_during(monkeypatch, Progress, "due", number, first=7)
     assert run_deblur(photo_path, tmp_path / "out", *LONG) == code
     out = capsys.readouterr().out
-    stopped = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)["epoch"]
+    stopped = checkpoint_of(tmp_path / "out")["epoch"]
     assert stopped == 7
     assert "Training stopped early at epoch 7 of 100000. To continue: python" in out
     outputs = ("history.csv", "comparison.png", "reconstructed_image.jpg", "training_curves.png")
@@ -306,13 +305,6 @@ def test_a_stopped_apply_writes_nothing(trained_checkpoint, tmp_path, monkeypatc
     assert not list((tmp_path / "out").glob("*deblurred*")) and not list(
         tmp_path.rglob("*.partial")
     )
-
-
-def offline(monkeypatch):
-    def no_network(*args, **kwargs):
-        raise URLError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr(torchvision.models._api.WeightsEnum, "get_state_dict", no_network)
 
 
 def test_nothing_to_learn_without_the_vgg19_weights_is_refused(
@@ -491,6 +483,6 @@ def test_a_briefly_full_disk_mid_run_is_a_warning_and_training_goes_on(
     captured = capsys.readouterr()
     assert "could not write" in captured.err and "training goes on" in captured.err
     assert "Epoch 6," in captured.out
-    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 8
+    assert checkpoint_of(out)["epoch"] == 8
     assert (out / "history.csv").read_text().count("\n") == 5  # header, epochs 2, 4, 6, 8
     assert set(before.values()) <= set(digests(small_disk).values())
