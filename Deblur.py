@@ -176,6 +176,7 @@ class Facts(NamedTuple):
     width: int  # the blur kernel's width (the random family's largest)
     margin: int  # the real pixels a crop's network input needs around it (input_margin)
     around_crop: int  # the real pixels cut around a folder's crop: the blur's, then the margin
+    multi_tensor: bool  # PyTorch's fused and foreach kernels: on CUDA and the CPU, not Apple's MPS
 
 
 def facts_of(cfg):
@@ -184,7 +185,7 @@ def facts_of(cfg):
     amp = amp_dtype_for(cfg.amp_dtype, processor)
     width = kernel_width(cfg)
     margin = input_margin(cfg, width)
-    return Facts(processor, amp, width, margin, width // 2 + margin)
+    return Facts(processor, amp, width, margin, width // 2 + margin, processor.type != "mps")
 
 
 def mixed_precision(facts):
@@ -197,7 +198,7 @@ def make_training(cfg, net, vgg_weights, facts):
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on CUDA (convolutions already are)
     vgg = load_vgg19_loss(vgg_weights, facts.processor) if cfg.perceptual_weight else None
     # Fused Adam: one kernel for all tensors, and no host sync for a GradScaler's skipped steps
-    fused = facts.processor.type in ("cuda", "cpu")
+    fused = facts.multi_tensor
     adam = torch.optim.Adam(net.parameters(), cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     scaler = torch.amp.GradScaler(facts.processor.type, enabled=facts.amp == torch.float16)
     return vgg, adam, scaler
@@ -221,11 +222,11 @@ def folder_batches(images, cfg, facts, generator, vgg):
                 crop = crop.flip(2)
             crops.append(crop)
         crops = torch.stack(crops)
-        # Pinned, the copy to a GPU does not make the host wait; and only 8-bit crops cross over,
-        # to be blurred on the device, where the convolution is fast
-        if facts.processor.type == "cuda":
-            crops = crops.pin_memory()
-        crops = crops.to(facts.processor, non_blocking=True, memory_format=torch.channels_last)
+        # Pinned, the copy to a GPU does not make the host wait (unpinned, it must: MPS copies
+        # them wrong); and only 8-bit crops cross over, to be blurred on the device
+        pinned = facts.processor.type == "cuda"
+        crops = crops.pin_memory() if pinned else crops
+        crops = crops.to(facts.processor, non_blocking=pinned, memory_format=torch.channels_last)
         sharp = crops / 255
         kernels, noise = drawn(cfg, cfg.batch_size, generator)
         blurred = photographed(blur(sharp, kernels, pad=False), noise, generator)
@@ -272,7 +273,7 @@ def training_step(cfg, net, vgg, optimizer, scaler, batch, facts):
     scaler.scale(loss).backward()
     # Unscale first, so that clipping sees the true gradients
     scaler.unscale_(optimizer)
-    nn.utils.clip_grad_norm_(net.parameters(), cfg.max_grad_norm, foreach=True)
+    nn.utils.clip_grad_norm_(net.parameters(), cfg.max_grad_norm, foreach=facts.multi_tensor)
     # Step (the scaler skips it if a float16 gradient overflowed)
     scaler.step(optimizer)
     scaler.update()
@@ -363,9 +364,8 @@ def run(cfg, stop, vgg_weights):
     if checkpoint:
         check_same_images(cfg, *checkpoint, photos)
     net = make_network(cfg.model, cfg.restore_from, cfg.seed, facts.processor)
-    parameters = sum(parameter.numel() for parameter in net.parameters())
     read = [*test_paths.values(), *photos]  # none of them may be overwritten by a result
-    with locked_output_dir(out, read, space_needed(parameters, cfg.image_size)):
+    with locked_output_dir(out, read, space_needed(net, cfg.image_size)):
         vgg, optimizer, scaler = make_training(cfg, net, vgg_weights, facts)
         check_something_to_learn(cfg, vgg is not None)
         generator = torch.Generator().manual_seed(cfg.seed)  # crops, kernels and noise

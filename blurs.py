@@ -172,7 +172,9 @@ def described(images, kernels, noise):
     maps = []
     for value in (noise / 10, kernel_spread(kernels) / 10):
         if np.ndim(value):  # one each, copied to the device once
-            value = torch.as_tensor(value, dtype=images.dtype).to(images.device, non_blocking=True)
+            value = torch.as_tensor(value, dtype=images.dtype).to(
+                images.device, non_blocking=images.is_cuda
+            )
             maps.append(value.reshape(-1, 1, 1, 1).expand(len(images), 1, *images.shape[-2:]))
         else:
             maps.append(images.new_full((len(images), 1, *images.shape[-2:]), float(value)))
@@ -202,7 +204,7 @@ def photographed(images, noise, generator):
     if torch.is_tensor(noise):
         levels = noise.float().reshape(-1, 1, 1, 1)
         noisy = bool(levels.any())
-        levels = levels.to(images.device, non_blocking=True)
+        levels = levels.to(images.device, non_blocking=images.is_cuda)
     else:
         levels, noisy = float(noise), noise > 0
     if noisy:
@@ -263,7 +265,7 @@ def wiener(blurred, kernels, balance, pad=None):
     del padded
     transfer = transfer_function(kernels, size, blurred.device)
     if torch.is_tensor(balance):  # one for each image
-        balance = balance.reshape(-1, 1, 1, 1).to(blurred.device, non_blocking=True)
+        balance = balance.reshape(-1, 1, 1, 1).to(blurred.device, non_blocking=blurred.is_cuda)
     denominator = transfer.abs().square_().add_(balance * gradient_energy(size, blurred.device))
     spectrum.mul_(transfer.conj()).div_(denominator)
     del denominator

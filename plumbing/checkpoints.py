@@ -166,6 +166,9 @@ def restore_training(cfg, path, checkpoint, net, optimizer, scaler, progress):
     read_checkpoint and check_same_images have found to solve the same problem."""
     saved = checkpoint["settings"]
     load_weights(net, path, checkpoint)
+    # Which of Adam's kernels run is this device's, not the saving one's: a checkpoint from a Mac
+    # (no fused Adam) resumed on CUDA in float16 would hand a GradScaler's state to unfused Adam
+    kernels = {name: optimizer.param_groups[0][name] for name in ("fused", "foreach")}
     try:
         optimizer.load_state_dict(checkpoint["optimizer"])
     except (ValueError, KeyError, RuntimeError):  # a hand-made optimizer state of another shape
@@ -176,7 +179,7 @@ def restore_training(cfg, path, checkpoint, net, optimizer, scaler, progress):
         if name not in ("resume", "output_dir") and saved.get(name, value) != value:
             note(f"resuming with {name} = {value!r} (the checkpoint used {saved[name]!r})")
     for group in optimizer.param_groups:
-        group.update(lr=cfg.lr, weight_decay=cfg.weight_decay)
+        group.update(lr=cfg.lr, weight_decay=cfg.weight_decay, **kernels)
     progress.load_state_dict(checkpoint)
     progress.owns_checkpoint = path.resolve() == (Path(cfg.output_dir) / CHECKPOINT).resolve()
     print(f"Resumed from {path} at epoch {progress.epoch}")

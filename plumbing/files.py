@@ -45,9 +45,10 @@ def shortened(name, most_bytes):
     return name.encode("utf-8")[:most_bytes].decode("utf-8", errors="ignore")
 
 
-def space_needed(parameters, image_size):
-    """Bytes a run writes at most: two checkpoints (during a save) of the float32 weights and
-    Adam's two moments, and the outputs."""
+def space_needed(net, image_size):
+    """Bytes a run writes at most: two checkpoints (during a save) of the network's float32
+    weights and Adam's two moments, and the outputs."""
+    parameters = sum(parameter.numel() for parameter in net.parameters())
     return 2 * 3 * 4 * parameters + 16 * image_size**2 + 2**24
 
 

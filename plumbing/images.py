@@ -262,8 +262,8 @@ def input_paths(cfg, unseen_sample=None):
 def thumbnail(image, longest=256):
     """A (1, 3, H, W) image in [0, 1] shrunk to at most `longest` pixels a side, as an 8-bit
     (H, W, 3) tensor on the CPU: a frame of progress.png, small enough to keep a dozen of."""
-    height, width = image.shape[-2:]
-    shrink = math.ceil(max(height, width) / longest)
-    size = (math.ceil(height / shrink), math.ceil(width / shrink))
-    small = F.interpolate(image.float(), size=size, mode="area")  # each pixel, a block's mean
+    shrink = math.ceil(max(image.shape[-2:]) / longest)
+    # Each pixel a shrink x shrink block's mean (the last ones' cut by the edge): pooling, not
+    # interpolate(mode="area"), which MPS refuses where the size is not a multiple of the output
+    small = F.avg_pool2d(image.float(), shrink, ceil_mode=True)
     return (small[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().contiguous()

@@ -105,7 +105,7 @@ def folder_batches(photos, crop_size, batch_size, restore_from, kind="gaussian",
     width = Deblur.kernel_width(cfg)
     cpu = torch.device("cpu")
     margin = Deblur.input_margin(cfg, width)
-    facts = Deblur.Facts(cpu, torch.float32, width, margin, width // 2 + margin)
+    facts = Deblur.Facts(cpu, torch.float32, width, margin, width // 2 + margin, True)
     return Deblur.folder_batches(photos, cfg, facts, torch.Generator().manual_seed(0), None)
 
 

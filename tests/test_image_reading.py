@@ -4,8 +4,10 @@ import errno
 
 import numpy as np
 import pytest
+import torch
 from conftest import ROOT, image_pair, make_photo, run_deblur, save_photo
 from PIL import Image, features
+from torch.nn import functional as F
 
 from plumbing import images
 from plumbing.images import read_sharp, resolve_image_path
@@ -137,3 +139,22 @@ def test_32_bit_integers_are_scaled_by_their_largest_value_and_said(tmp_path, ca
     pixels = np.asarray(sharp_of(path, 48))[..., 0]
     assert pixels.max() == 255 and len(np.unique(pixels)) > 200  # not saturated to white
     assert "scaled its I values from 0..255000 to 0..255" in capsys.readouterr().out
+
+
+def test_a_frame_is_made_of_block_means_without_a_resize_mps_refuses(monkeypatch):
+    resize = F.interpolate
+
+    def as_on_mps(image, size=None, mode="nearest", **options):
+        if mode == "area" and any(
+            whole % part for whole, part in zip(image.shape[-2:], size, strict=True)
+        ):
+            raise RuntimeError("Adaptive pool MPS: input sizes must be divisible by output sizes")
+        return resize(image, size=size, mode=mode, **options)
+
+    monkeypatch.setattr(F, "interpolate", as_on_mps)
+    image = torch.rand(1, 3, 600, 512, generator=torch.Generator().manual_seed(0))
+    small = images.thumbnail(image)  # 3x3 blocks; the last column's two pixels wide
+    assert small.shape == (200, 171, 3)
+    first, last = image[0, :, :3, :3].mean((1, 2)), image[0, :, -3:, -2:].mean((1, 2))
+    assert torch.equal(small[0, 0], (first * 255).round().byte())
+    assert torch.equal(small[-1, -1], (last * 255).round().byte())

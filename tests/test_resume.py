@@ -223,3 +223,16 @@ def test_a_refused_resume_creates_nothing_and_loads_no_vgg(
     assert run_deblur(photo, tmp_path / "new", *args) == 2
     assert "it was trained with model = 'deblurnet', not 'unet'" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
+
+
+def test_a_checkpoint_from_a_device_without_fused_adam_resumes_in_float16(photo_path, tmp_path):
+    """Adam's kernels are the resuming device's: a checkpoint saved where Adam is not fused (a
+    Mac's MPS) resumes under a GradScaler, which hands its state only to fused Adam."""
+    args = (*HALF_PRECISION_SIZE, "--amp_dtype", "float16")
+    assert run_deblur(photo_path, tmp_path, *args, "--num_epochs", "1") == 0
+    checkpoint = checkpoint_of(tmp_path)
+    for group in checkpoint["optimizer"]["param_groups"]:
+        group.update(fused=None, foreach=None)  # as torch.optim.Adam saves them on MPS
+    torch.save(checkpoint, tmp_path / "checkpoint.pt")
+    assert run_deblur(photo_path, tmp_path, *args, "--num_epochs", "2", "--resume") == 0
+    assert checkpoint_of(tmp_path)["optimizer"]["param_groups"][0]["fused"]

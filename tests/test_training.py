@@ -13,6 +13,7 @@ from PIL import Image
 from torchvision.models import VGG19_Weights
 
 import Deblur
+from plumbing.command_line import parse_settings
 from plumbing.device import amp_dtype_for
 from plumbing.progress import (
     ANY_BLUR_QUICK_LOOK,
@@ -323,3 +324,31 @@ def test_figures_are_shown_only_with_an_interactive_backend(
     monkeypatch.setattr(matplotlib.pyplot, "show", lambda: calls.append(backend))
     assert run_deblur(photo_path, tmp_path, "--num_epochs", "1") == 0
     assert bool(calls) is shown
+
+
+def test_on_apples_mps_neither_adam_nor_clipping_asks_for_multi_tensor_kernels(
+    photo_path, monkeypatch
+):
+    argv = ["--image_path", str(photo_path), "--image_size", "32", "--perceptual_weight", "0"]
+    cfg = parse_settings(Deblur.SETTINGS, Deblur.CHOICES, Deblur.__file__, argv)[0]
+    monkeypatch.setattr(Deblur, "pick_device", lambda name: torch.device("mps"))
+    facts = Deblur.facts_of(cfg)
+    assert not facts.multi_tensor
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def as_on_mps(parameters, max_norm, foreach=None):
+        if foreach:
+            raise RuntimeError("foreach=True was passed, but can't use the foreach API on mps")
+        return clip(parameters, max_norm, foreach=foreach)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", as_on_mps)
+    facts = facts._replace(processor=torch.device("cpu"))  # MPS's constraints, on the CPU
+    net = Deblur.make_network(cfg.model, cfg.restore_from, cfg.seed, facts.processor)
+    _, adam, scaler = Deblur.make_training(cfg, net, None, facts)
+    assert not adam.defaults["fused"]
+    batch = next(
+        Deblur.image_batches(
+            Deblur.load_image_pair(photo_path, 32, cfg, None), cfg, facts, None, None
+        )
+    )
+    Deblur.training_step(cfg, net, None, adam, scaler, batch, facts)
