@@ -1,8 +1,9 @@
 """Deblur: remove blur from an image by training a small residual CNN on that very image (or,
 given a folder, on random crops of its photos, blurred one way or, with blur_kind = "random", any
 way), measured against classical deconvolution and on images it never saw. Read it top to bottom:
-settings, data, model, loss, the training loop, results, the job. The blur model (kernels, noise,
-Wiener, Richardson-Lucy) is in blurs.py, the figures in results.py, the plumbing in plumbing/.
+settings, data, model, loss, the training loop, results, the job. The blur model (kernels, noise)
+is in blurs.py, Wiener and Richardson-Lucy in deconvolution.py, the figures in results.py, the
+plumbing in plumbing/.
 """
 
 import math
@@ -17,20 +18,8 @@ from PIL import ImageFilter
 from torch import nn
 from torch.nn import functional as F
 
-from blurs import (
-    BLUR_KINDS,
-    blur,
-    blur_kernel,
-    described,
-    drawn,
-    estimated_noise,
-    kernel_width,
-    photographed,
-    richardson_lucy,
-    rl_iterations,
-    wiener,
-    wiener_balance,
-)
+from blurs import BLUR_KINDS, blur, blur_kernel, described, drawn, kernel_width, photographed
+from deconvolution import estimated_noise, richardson_lucy, rl_iterations, wiener, wiener_balance
 from networks import DeblurNet, UNet
 from PerceptualLoss import load_vgg19_loss
 from plumbing.checkpoints import (

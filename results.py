@@ -1,6 +1,6 @@
 """Deblur's results: how good a restoration is (PSNR, SSIM), Wiener at its best balance (an oracle),
 the printed summary, the comparison figure, the training curves and progress.png. Change a plot
-here; the numbers come from Deblur.py's evaluate, the deconvolutions from blurs.py.
+here; the numbers come from Deblur.py's evaluate, the deconvolutions from deconvolution.py.
 """
 
 import math
@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 from skimage.metrics import structural_similarity
 from torch.nn import functional as F
 
-from blurs import wiener
+from deconvolution import wiener
 from plumbing.checkpoints import HISTORY_COLUMNS
 from plumbing.files import save_figure, save_image
 from plumbing.images import tensor_to_image, thumbnail, to_hwc

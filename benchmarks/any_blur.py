@@ -10,7 +10,8 @@ no blur at all. Each photo gets Gaussian noise of --noise 8-bit steps, then 8 bi
 given the true kernel and noise level, except a blind checkpoint (no kernel) and one trained on a
 fixed blur, which undoes that blur whatever the photo's, as --apply does; PSNR leaves out
 the kernel's half-width (15 pixels), as Deblur's summary does. Wiener's balance follows the rule
-in blurs.py; "Wiener oracle" is Wiener at the best balance for each image, found with the sharp one.
+in deconvolution.py; "Wiener oracle" is Wiener at the best balance for each image, found with the
+sharp one.
 Prints one row per blur and photo, then the mean gain of each method over the blurred input.
 """
 
@@ -28,16 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import Deblur  # noqa: E402
-from blurs import (  # noqa: E402
-    blur,
-    blur_kernel,
-    camera_shake,
-    photographed,
-    richardson_lucy,
-    rl_iterations,
-    wiener,
-    wiener_balance,
-)
+from blurs import blur, blur_kernel, camera_shake, photographed  # noqa: E402
+from deconvolution import richardson_lucy, rl_iterations, wiener, wiener_balance  # noqa: E402
 from plumbing.checkpoints import trained_settings  # noqa: E402
 from plumbing.images import image_to_tensor  # noqa: E402
 from results import best_wiener, image_quality  # noqa: E402

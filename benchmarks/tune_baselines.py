@@ -7,9 +7,9 @@ with kernels of the random family drawn by a generator of their own.
     python benchmarks/tune_baselines.py --only wiener  # or rl: one of the two
 
 Prints, for Wiener, the best balance of every photo, kernel and noise level on a grid from 1e-6 to
-10 (every quarter decade), the rule fitted to them (blurs.wiener_balance), and what the rule loses
-against each image's best; for Richardson-Lucy, the mean PSNR at each iteration count per noise
-level, whose best counts blurs.rl_iterations follows.
+10 (every quarter decade), the rule fitted to them (deconvolution.wiener_balance), and what the
+rule loses against each image's best; for Richardson-Lucy, the mean PSNR at each iteration count
+per noise level, whose best counts deconvolution.rl_iterations follows.
 """
 
 import argparse
@@ -26,14 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from any_blur import PHOTOS, WIDTH  # noqa: E402
 
-from blurs import (  # noqa: E402
-    QUANTISATION,
-    blur,
-    photographed,
-    random_kernels,
-    richardson_lucy,
-    wiener,
-)
+from blurs import QUANTISATION, blur, photographed, random_kernels  # noqa: E402
+from deconvolution import richardson_lucy, wiener  # noqa: E402
 from plumbing.images import image_to_tensor  # noqa: E402
 from results import image_quality  # noqa: E402
 

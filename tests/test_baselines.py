@@ -8,9 +8,8 @@ from conftest import ROOT, image_pair, run_deblur, save_photo
 from PIL import Image
 from skimage import restoration
 
-from blurs import (
-    blur_kernel,
-    random_kernels,
+from blurs import blur_kernel, random_kernels
+from deconvolution import (
     richardson_lucy,
     rl_iterations,
     wiener,

@@ -8,15 +8,8 @@ from conftest import image_pair, make_photo, save_photo
 from PIL import Image, ImageFilter
 from torch.nn import functional as F
 
-from blurs import (
-    QUANTISATION,
-    blur,
-    blur_kernel,
-    camera_shake,
-    estimated_noise,
-    photographed,
-    random_kernels,
-)
+from blurs import QUANTISATION, blur, blur_kernel, camera_shake, photographed, random_kernels
+from deconvolution import estimated_noise
 from plumbing.images import image_to_tensor
 
 

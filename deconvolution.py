@@ -1,0 +1,137 @@
+"""The classical deconvolutions that use the known kernel (blurs.py's): Wiener, with a balance
+that follows the noise and the kernel (also the network's first step), and Richardson-Lucy; and
+the noise a photo has, which both need. results.py sets what they give beside the network.
+"""
+
+import math
+
+import numpy as np
+import torch
+from skimage import restoration
+from torch.nn import functional as F
+
+from blurs import QUANTISATION, transfer_function
+
+# ---- Wiener deconvolution, with a balance that follows the noise and the kernel
+
+
+def wiener(blurred, kernels, balance, pad=None):
+    """Non-blind Wiener deconvolution of (N, 3, H, W) images with the known kernel (one for all, or
+    one each), by FFT on their device: the kernel's inverse, damped by `balance` (a number, or one
+    per image) times the gradient's energy at each frequency. That is the Wiener filter for the
+    1 / f**2 spectrum photos have (scikit-image's restoration.wiener with that `reg`; its default
+    damps the Laplacian's square, and its best balance then moves with the kernel far more). The
+    FFT treats the image as if it repeated past its edges: they are first extended by `pad`
+    pixels (by default wiener_reach; less for crops that bring a margin of real pixels themselves)
+    and blended into each other (wrapped_smoothly), and cut off after. A large photo is done a
+    channel at a time, and in place where it can: a fraction of the memory."""
+    if len(blurred) == 1 and blurred.shape[1] > 1 and blurred[0, 0].numel() > 2**22:
+        restored = torch.empty_like(blurred)
+        for channel in range(blurred.shape[1]):
+            part = blurred[:, channel : channel + 1]
+            restored[:, channel : channel + 1] = wiener(part, kernels, balance, pad)
+        return restored
+    padded = wrapped_smoothly(blurred.float(), wiener_reach(kernels) if pad is None else pad)
+    size = padded.shape[-2:]
+    spectrum = torch.fft.rfft2(padded)
+    del padded
+    transfer = transfer_function(kernels, size, blurred.device)
+    if torch.is_tensor(balance):  # one for each image
+        balance = balance.reshape(-1, 1, 1, 1).to(blurred.device, non_blocking=blurred.is_cuda)
+    denominator = transfer.abs().square_().add_(balance * gradient_energy(size, blurred.device))
+    spectrum.mul_(transfer.conj()).div_(denominator)
+    del denominator
+    restored = torch.fft.irfft2(spectrum, s=size)
+    cut = (size[0] - blurred.shape[-2]) // 2, (size[1] - blurred.shape[-1]) // 2
+    restored = restored[..., cut[0] : size[0] - cut[0], cut[1] : size[1] - cut[1]].clamp(0, 1)
+    return restored.contiguous(memory_format=torch.channels_last)
+
+
+def gradient_energy(size, processor):
+    """The energy of the image's gradient at each frequency of an rfft2 of `size`, per unit of
+    the image's: 4 - 2 cos(u) - 2 cos(v), the spectrum of the Laplacian (the damping Wiener's
+    balance weighs)."""
+    rows = 2 - 2 * torch.cos(2 * math.pi * torch.fft.fftfreq(size[0], device=processor))
+    columns = 2 - 2 * torch.cos(2 * math.pi * torch.fft.rfftfreq(size[1], device=processor))
+    return rows[:, None] + columns[None, :]
+
+
+def wrapped_smoothly(images, pad):
+    """The images with `pad` more pixels on each side: the edges replicated, then blended into the
+    opposite ones (a raised cosine across the 2 * pad pixels where the FFT's repetition joins
+    them), so that the repetition meets no step. A step there would ring through the whole image
+    at the frequencies where the kernel's spectrum is near zero: a large disk's result gains
+    3 dB."""
+    padded = F.pad(images, [pad] * 4, mode="replicate")
+    if pad == 0:
+        return padded
+    ramp = (torch.arange(2 * pad, device=images.device) + 0.5) / (2 * pad)
+    towards_first = 0.5 - 0.5 * torch.cos(math.pi * ramp)
+    for dim in (-1, -2):
+        length = padded.shape[dim]
+        last, first = padded.narrow(dim, length - pad - 1, 1), padded.narrow(dim, pad, 1)
+        shape = [2 * pad if axis == padded.dim() + dim else 1 for axis in range(padded.dim())]
+        blend = last + (first - last) * towards_first.reshape(shape)
+        inside = padded.narrow(dim, pad, length - 2 * pad)
+        padded = torch.cat([blend.narrow(dim, pad, pad), inside, blend.narrow(dim, 0, pad)], dim)
+    return padded
+
+
+def wiener_balance(kernels, noise):
+    """The balance for each kernel and noise level (8-bit steps; the rounding to 8 bits counted
+    in): 0.01 x (noise**2 + 1/12) ** 0.68 x (the kernel's energy, its squared values' sum) ** 0.29.
+    Fitted to the best balances of photos Deblur never trains or tests on, under 24 kernels of the
+    random family and 5 noise levels (benchmarks/tune_baselines.py): more noise, more damping;
+    and a small kernel, whose energy is large, damps more too, since there Wiener is mostly a
+    denoiser. On those photos it restores 0.16 dB less than each image's best balance at noise
+    2.55 and 0.11 dB at 8, on average; 0.70 dB without noise."""
+    energy = np.square(kernels).sum(axis=(-2, -1))
+    if torch.is_tensor(noise):  # a batch, each with its own blur: one balance each
+        energy = torch.as_tensor(energy, dtype=torch.float32)
+    return 10**-2.0 * (noise**2 + QUANTISATION**2) ** 0.68 * energy**0.29
+
+
+def wiener_reach(kernels):
+    """How far Wiener's result at a pixel depends on the blurred image: three times the kernel's
+    width (on the sample at sigma 5, a strip with this margin is within 0.14/255 of the whole
+    image's result, within 1.8/255 with twice the width)."""
+    return 3 * kernels.shape[-1]
+
+
+# ---- Richardson-Lucy
+def rl_iterations(noise):
+    """Richardson-Lucy's iterations are its regulariser: it first sharpens, then amplifies the
+    noise, the sooner the more noise there is. Its best counts on photos Deblur neither trains nor
+    reports on (benchmarks/tune_baselines.py): 50 without noise, 20 at 2.55 8-bit steps, 5 at 8."""
+    return max(5, round(50 / (1 + float(noise) ** 2 / 4)))
+
+
+def richardson_lucy(blurred, kernel, iterations):
+    """scikit-image's Richardson-Lucy deconvolution with the known kernel, after replicating the
+    edges by the kernel's width (it assumes zeros past them). The three channels in one call, with
+    the kernel one channel deep: scipy convolves along no axis of length 1, so this is the
+    per-channel result exactly, in a third of the calls. In float32: as exact here, and twice to
+    twenty times as fast as float64."""
+    pad = kernel.shape[0]
+    padding = ((pad, pad), (pad, pad), (0, 0))
+    image = np.pad(blurred[0].float().permute(1, 2, 0).cpu().numpy(), padding, mode="edge")
+    psf = kernel.astype(np.float32)[..., None]
+    deconvolved = restoration.richardson_lucy(image, psf, iterations)[pad:-pad, pad:-pad]
+    return torch.from_numpy(deconvolved).permute(2, 0, 1)[None].clamp(0, 1)
+
+
+# ---- The noise a photo has, when --apply is not told
+def estimated_noise(image):
+    """The standard deviation of the Gaussian noise in (1, 3, H, W) `image`, in 8-bit steps, from
+    its finest diagonal detail (the Haar wavelet's HH band), where a blurred photo has almost
+    nothing but noise: its median absolute value / 0.6745 (Donoho's robust estimate). The
+    rounding to 8 bits is left out: it is counted on its own (QUANTISATION)."""
+    pixels = image[0]
+    height, width = (pixels.shape[-2] // 2) * 2, (pixels.shape[-1] // 2) * 2
+    details = []
+    for channel in pixels:  # one at a time: a large photo's float copy is never made whole
+        a, b = channel[0:height:2, 0:width:2].float(), channel[0:height:2, 1:width:2].float()
+        c, d = channel[1:height:2, 0:width:2].float(), channel[1:height:2, 1:width:2].float()
+        details.append((a - b - c + d).abs().flatten())
+    sigma = float(torch.cat(details).median()) * 255 / 2 / 0.6745
+    return math.sqrt(max(sigma**2 - QUANTISATION**2, 0))
