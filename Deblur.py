@@ -7,6 +7,7 @@ plumbing in plumbing/.
 """
 
 import math
+from contextlib import nullcontext
 from copy import deepcopy
 from functools import partial
 from itertools import repeat
@@ -30,7 +31,7 @@ from plumbing.checkpoints import (
     restore_training,
 )
 from plumbing.command_line import check_something_to_learn, settings_in
-from plumbing.device import amp_dtype_for, compiled_on_first_batch, pick_device
+from plumbing.device import amp_dtype_for, compiled_on_first_batch, eager, pick_device
 from plumbing.errors import note
 from plumbing.files import locked_output_dir, photo_output, save_image, space_needed
 from plumbing.images import (
@@ -39,12 +40,13 @@ from plumbing.images import (
     check_blur_fits,
     image_to_tensor,
     input_paths,
-    read_image_folder,
     read_rgb_image,
     read_sharp,
 )
 from plumbing.job import report_outcome, run_job
 from plumbing.kernel_file import read_kernel
+from plumbing.photo_folder import training_photos
+from plumbing.processes import Team, join, this_process, together
 from plumbing.progress import Progress, in_tiles, print_plan
 from results import best_wiener, image_quality, print_summary, row_of, save_results
 
@@ -97,9 +99,8 @@ class Pair(NamedTuple):
 
 
 def load_image_pair(path, size, cfg, generator, processor="cpu", setting="image_path"):
-    """A Pair of (1, 3, H, W) tensors: the image (read_sharp) blurred as the settings say (Pillow's
-    own GaussianBlur for gaussian, as the original; the random kind's kernel and noise level drawn
-    by `generator`), with noise_level's noise, in 8 bits."""
+    """A Pair of (1, 3, H, W) tensors: the image blurred as the settings say (gaussian: Pillow's
+    GaussianBlur, as the original), with noise, in 8 bits; random draws come from `generator`."""
     sharp_image = read_sharp(path, size, setting)
     sharp = image_to_tensor(sharp_image, processor)
     kernels, noise = drawn(cfg, 1, generator)
@@ -125,8 +126,7 @@ def make_network(name, restore_from, seed, processor):
 
 def network_input(blurred, kernels, noise, cfg, pad=None):
     """What the network restores: the blurred image, as in the original; or Wiener's deconvolution
-    of it with its kernel (one each), whose leftovers (ringing, noise) the network learns to mend,
-    with the noise level and the kernel's spread, which say how much there is to mend."""
+    with its kernel (one each), whose ringing and noise it mends, told the noise and the spread."""
     if cfg.restore_from == "wiener":
         restored = wiener(blurred, kernels, wiener_balance(kernels, noise), pad)
         return described(restored, kernels, noise)
@@ -166,15 +166,18 @@ class Facts(NamedTuple):
     margin: int  # the real pixels a crop's network input needs around it (input_margin)
     around_crop: int  # the real pixels cut around a folder's crop: the blur's, then the margin
     multi_tensor: bool  # PyTorch's fused and foreach kernels: on CUDA and the CPU, not Apple's MPS
+    team: Team = Team()  # this process's place among torchrun's (Team(): alone)
 
 
 def facts_of(cfg):
     """The run's Facts, from its settings."""
-    processor = pick_device(cfg.device)
+    team = this_process(cfg)
+    processor = pick_device(cfg.device, team)
     amp = amp_dtype_for(cfg.amp_dtype, processor)
     width = kernel_width(cfg)
     margin = input_margin(cfg, width)
-    return Facts(processor, amp, width, margin, width // 2 + margin, processor.type != "mps")
+    multi_tensor = processor.type != "mps"
+    return Facts(processor, amp, width, margin, width // 2 + margin, multi_tensor, team)
 
 
 def mixed_precision(facts):
@@ -194,10 +197,9 @@ def make_training(cfg, net, vgg_weights, facts):
 
 
 def folder_batches(images, cfg, facts, generator, vgg):
-    """Every step, batch_size random crops of the folder's images, each turned by a random multiple
-    of 90 degrees and maybe mirrored (augmentation: 8 views of every crop), as (network input,
-    sharp, VGG19 targets). Each is cut with margins, so that neither the blur nor the Wiener step
-    sees a made-up edge, and blurred with its own kernel and noise (blurs.drawn)."""
+    """Every step, batch_size random crops of the folder's images, turned by a multiple of 90
+    degrees and maybe mirrored (8 views of each), as (network input, sharp, VGG19 targets); each
+    cut with margins (no made-up edge for the blur or Wiener), blurred with its own kernel."""
     margin = facts.around_crop
     size = cfg.crop_size + 2 * margin
     while True:
@@ -339,35 +341,35 @@ def load_test_pairs(cfg, test_paths, facts):
 
 
 def run(cfg, stop, vgg_weights):
-    """Trains on the image, or on crops of a folder's images, then evaluates, reports and saves;
-    returns the exit code."""
+    """Trains on the image or a folder's crops, then evaluates, reports, saves; the exit code."""
     facts = facts_of(cfg)
+    join(facts.team, facts.processor)  # torchrun's other processes (none without torchrun)
     out = Path(cfg.output_dir)
     test_paths = input_paths(cfg, UNSEEN_SAMPLE)
     checkpoint = read_checkpoint(cfg, CHOICES)[:2] if cfg.resume else None  # nothing written yet
     pairs = load_test_pairs(cfg, test_paths, facts)
-    photos = [Path(cfg.image_path)]  # the one training image, or a folder's, decoded once
-    if cfg.folder:  # as 8-bit (3, H, W): crops are cut from them, and turned to floats
-        decoded = read_image_folder(photos[0], cfg.crop_size, facts.around_crop, test_paths)
-        photos = list(decoded)
+    photos = training_photos(cfg, facts.around_crop, test_paths, facts.team)  # (photo_folder.py)
     if checkpoint:
         check_same_images(cfg, *checkpoint, photos)
     net = make_network(cfg.model, cfg.restore_from, cfg.seed, facts.processor)
-    read = [*test_paths.values(), *photos]  # none of them may be overwritten by a result
-    with locked_output_dir(out, read, space_needed(net, cfg.image_size)):
+    read = [*test_paths.values(), *(photo.path for photo in photos)]  # none may be overwritten
+    room = space_needed(net, cfg.image_size)
+    with locked_output_dir(out, read, room) if facts.team.main else nullcontext():  # one writes
         vgg, optimizer, scaler = make_training(cfg, net, vgg_weights, facts)
         check_something_to_learn(cfg, vgg is not None)
-        generator = torch.Generator().manual_seed(cfg.seed)  # crops, kernels and noise
-        progress = Progress(cfg, stop, generator, trained_on=photos)
+        # Crops, kernels and noise: under torchrun, each process its own
+        generator = torch.Generator().manual_seed(cfg.seed + facts.team.rank)
+        progress = Progress(cfg, stop, generator, trained_on=photos, team=facts.team)
         if cfg.folder:
-            batches = folder_batches(list(decoded.values()), cfg, facts, generator, vgg)
+            pixels = [photo.pixels for photo in photos]
+            batches = folder_batches(pixels, cfg, facts, generator, vgg)
         else:
             batches = image_batches(pairs["image_path"], cfg, facts, generator, vgg)
         if checkpoint:
             restore_training(cfg, *checkpoint, net, optimizer, scaler, progress)
         shown = pairs["sample" if cfg.folder else "image_path"]  # the first row of the figure
         baseline = image_quality(shown.blurred, shown.sharp, shown.border)
-        print_plan(cfg, facts.processor, facts.amp, vgg is not None, progress, baseline, WARM_UP)
+        print_plan(cfg, facts, vgg is not None, progress, baseline, WARM_UP)
         watched = network_input(shown.blurred, shown.kernel, shown.noise, cfg)
         progress.watch(watched, shown.sharp, shown.border)  # for progress.png
 
@@ -378,12 +380,15 @@ def run(cfg, stop, vgg_weights):
 
         modules = [net, vgg] if vgg else [net]
         batches = compiled_on_first_batch(cfg, modules, facts.processor, batches, warm_up)
-        outcome = train(cfg, net, vgg, optimizer, scaler, batches, progress, facts)
+        model = together(net, facts.team, facts.processor)  # torchrun: DistributedDataParallel
+        outcome = train(cfg, model, vgg, optimizer, scaler, batches, progress, facts)
 
+        eager(modules)  # at the test images' sizes, torch.compile would compile again
         net.eval()
-        rows = [evaluate(net, setting, pair, cfg) for setting, pair in pairs.items()]
-        print_summary(rows, cfg.folder)
-        save_results(out, rows, progress, not cfg.folder and cfg.blur_kind != "random")
+        if facts.team.main:  # the first process alone evaluates and writes the results
+            rows = [evaluate(net, setting, pair, cfg) for setting, pair in pairs.items()]
+            print_summary(rows, cfg.folder)
+            save_results(out, rows, progress, not cfg.folder and cfg.blur_kind != "random")
     return report_outcome(outcome, progress, SETTINGS)
 
 

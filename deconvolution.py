@@ -4,6 +4,7 @@ the noise a photo has, which both need. results.py sets what they give beside th
 """
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -31,18 +32,44 @@ def wiener(blurred, kernels, balance, pad=None):
             part = blurred[:, channel : channel + 1]
             restored[:, channel : channel + 1] = wiener(part, kernels, balance, pad)
         return restored
+    return wiener_at(wiener_spectra(blurred, kernels, pad), balance, in_place=True)
+
+
+class Spectra(NamedTuple):
+    """What Wiener makes of images and their kernel before it weighs in a balance."""
+
+    numerator: torch.Tensor  # the extended images' spectrum times the kernel's conjugate
+    power: torch.Tensor  # the kernel's squared magnitude at each frequency
+    energy: torch.Tensor  # gradient_energy
+    size: tuple  # the extended images' (H, W)
+    shape: tuple  # the images' own, to cut the extension off again
+
+
+def wiener_spectra(blurred, kernels, pad=None):
     padded = wrapped_smoothly(blurred.float(), wiener_reach(kernels) if pad is None else pad)
     size = padded.shape[-2:]
-    spectrum = torch.fft.rfft2(padded)
+    numerator = torch.fft.rfft2(padded)
     del padded
     transfer = transfer_function(kernels, size, blurred.device)
+    numerator.mul_(transfer.conj())
+    energy = gradient_energy(size, blurred.device)
+    power = transfer.abs().square_()
+    return Spectra(numerator, power, energy, tuple(size), tuple(blurred.shape[-2:]))
+
+
+def wiener_at(spectra, balance, in_place=False):
+    """Wiener's restoration at `balance` (a number, or one per image) from the Spectra, which
+    `in_place` uses up (a fraction of the memory) and otherwise keeps, for other balances."""
     if torch.is_tensor(balance):  # one for each image
-        balance = balance.reshape(-1, 1, 1, 1).to(blurred.device, non_blocking=blurred.is_cuda)
-    denominator = transfer.abs().square_().add_(balance * gradient_energy(size, blurred.device))
-    spectrum.mul_(transfer.conj()).div_(denominator)
+        device = spectra.numerator.device
+        balance = balance.reshape(-1, 1, 1, 1).to(device, non_blocking=device.type == "cuda")
+    denominator = spectra.energy * balance + spectra.power
+    numerator = spectra.numerator if in_place else spectra.numerator.clone()
+    numerator.div_(denominator)
     del denominator
-    restored = torch.fft.irfft2(spectrum, s=size)
-    cut = (size[0] - blurred.shape[-2]) // 2, (size[1] - blurred.shape[-1]) // 2
+    size = spectra.size
+    restored = torch.fft.irfft2(numerator, s=size)
+    cut = (size[0] - spectra.shape[0]) // 2, (size[1] - spectra.shape[1]) // 2
     restored = restored[..., cut[0] : size[0] - cut[0], cut[1] : size[1] - cut[1]].clamp(0, 1)
     return restored.contiguous(memory_format=torch.channels_last)
 

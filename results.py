@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 from skimage.metrics import structural_similarity
 from torch.nn import functional as F
 
-from deconvolution import wiener
+from deconvolution import wiener_at, wiener_spectra
 from plumbing.checkpoints import HISTORY_COLUMNS
 from plumbing.files import save_figure, save_image
 from plumbing.images import tensor_to_image, thumbnail, to_hwc
@@ -50,10 +50,11 @@ def best_wiener(blurred, kernel, sharp, border):
     image: an oracle, which no real photo allows, and so the strongest Wiener there is. Searched
     every quarter decade from 1e-6 to 10, then every sixteenth around the best."""
     tried = {}
+    spectra = wiener_spectra(blurred, kernel)  # the same for every balance: made once
 
     def psnr_at(exponent):
         if exponent not in tried:
-            restored = wiener(blurred, kernel, 10**exponent)
+            restored = wiener_at(spectra, 10**exponent)
             error = F.mse_loss(
                 without_border(restored, border), without_border(sharp, border)
             ).item()

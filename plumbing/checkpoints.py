@@ -80,8 +80,10 @@ def read_checkpoint(cfg, choices):
         checkpoint = {key: loaded[key] for key in CHECKPOINT_KEYS}
     except Exception:  # noqa: BLE001 (whatever torch.load or a missing key raises: not ours)
         raise not_ours from None
-    checkpoint["image_digest"] = loaded.get("image_digest", "")
+    checkpoint["image_digest"] = loaded.get("image_digest", "")  # before photos were listed
+    checkpoint["photos"] = loaded.get("photos")  # {name: SHA-256}
     checkpoint["crops_generator"] = loaded.get("crops_generator")
+    checkpoint["crops_generators"] = loaded.get("crops_generators", [])  # torchrun's processes'
     checkpoint["frames"] = loaded.get("frames", [])  # none in checkpoints older than them
     if not well_formed(checkpoint):
         raise not_ours
@@ -101,12 +103,31 @@ def read_checkpoint(cfg, choices):
     return path, checkpoint, trained
 
 
-def check_same_images(cfg, path, checkpoint, trained_on):
-    """A checkpoint resumes on the images it was trained on, as their SHA-256 says."""
-    if checkpoint["image_digest"] not in ("", file_digest(trained_on)):
+def check_same_images(cfg, path, checkpoint, photos):
+    """A checkpoint resumes on the image it was trained on, as its SHA-256 says; a folder may have
+    gained, lost or changed photos since: said, and training goes on with the folder as it is."""
+    was = checkpoint["photos"]
+    now = {photo.path.name: photo.digest for photo in photos}
+    if was is None:  # written before checkpoints listed their photos: one digest of them all
+        same = checkpoint["image_digest"] in ("", file_digest(photo.path for photo in photos))
+        was = now if same else {}
+    if not cfg.folder and set(was.values()) != set(now.values()):
         raise DeblurError(
             f"cannot resume {path}: {cfg.image_path} has changed since it was trained on; use "
             f"the original image, or start afresh"
+        )
+    gained = sorted(now.keys() - was.keys())
+    lost = sorted(was.keys() - now.keys())
+    changed = sorted(name for name in now.keys() & was.keys() if now[name] != was[name])
+    changes = [
+        f"{len(names)} {how} ({', '.join(names[:3])}{', ...' * (len(names) > 3)})"
+        for how, names in (("new", gained), ("gone", lost), ("changed", changed))
+        if names
+    ]
+    if changes:
+        note(
+            f"{cfg.image_path} has photos {'; '.join(changes)} since {path.name} was saved; "
+            f"training goes on with the folder as it is now"
         )
 
 
@@ -123,10 +144,9 @@ def well_formed(checkpoint):
         and all(torch.is_tensor(tensor) for tensor in checkpoint["model"].values())
         and isinstance(checkpoint["optimizer"].get("state"), dict)
         and isinstance(checkpoint["optimizer"].get("param_groups"), list)
-        and (
-            generator is None
-            or (torch.is_tensor(generator) and generator.shape == GENERATOR_STATE_SHAPE)
-        )
+        and (generator is None or generator_state(generator))
+        and isinstance(checkpoint["crops_generators"], list)
+        and all(generator_state(state) for state in checkpoint["crops_generators"])
         and type(checkpoint["epoch"]) is int
         and checkpoint["epoch"] >= 0
         and isinstance(checkpoint["elapsed"], number)
@@ -134,8 +154,20 @@ def well_formed(checkpoint):
         and isinstance(history, list)
         and all(isinstance(row, list) and len(row) == len(HISTORY_COLUMNS) for row in history)
         and all(isinstance(value, number) for row in history for value in row)
+        and (checkpoint["photos"] is None or well_formed_photos(checkpoint["photos"]))
         and isinstance(checkpoint["frames"], list)
         and all(well_formed_frame(frame) for frame in checkpoint["frames"])
+    )
+
+
+def generator_state(state):
+    return torch.is_tensor(state) and state.shape == GENERATOR_STATE_SHAPE
+
+
+def well_formed_photos(photos):
+    """{name: SHA-256}, as Progress.state_dict lists them."""
+    return isinstance(photos, dict) and all(
+        isinstance(name, str) and isinstance(digest, str) for name, digest in photos.items()
     )
 
 

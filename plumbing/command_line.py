@@ -124,11 +124,47 @@ def resume_command(cfg, defaults):
     """The command that continues this run, pasted as printed: every setting that differs from
     the settings block, so that the problem matches, quoted for the shell."""
     script = sys.argv[0] if sys.argv[0].endswith("Deblur.py") else "Deblur.py"
-    words = ["python", script, "--resume"]
+    words = [*launcher(), script, "--resume"]
     for name, default in defaults.items():
         if name not in ("resume", "apply", "kernel") and getattr(cfg, name) != default:
             words += [f"--{name}", str(getattr(cfg, name))]
     return shlex.join(words)
+
+
+QUICK_LOOK = "--image_size 80 --num_epochs 1000 --lr 0.001"
+# A folder's (docs/quick-look.md): the U-Net after Wiener, for one blur; for any blur, with noise;
+# and blind, for mild blur of any kind
+FOLDER_QUICK_LOOK = (
+    "--model unet --restore_from wiener --pixel_loss l1 --crop_size 96 --batch_size 8 --lr 0.001 "
+    "--num_epochs 600 --perceptual_weight 0"
+)
+ANY_BLUR = "--blur_kind random --noise_level 8 --model unet --pixel_loss l1 --crop_size 96 "
+ANY_BLUR += "--batch_size 8 --lr 0.001 --num_epochs 1000 --perceptual_weight 0"
+ANY_BLUR_QUICK_LOOK = f"{ANY_BLUR} --blur_radius 15 --restore_from wiener"
+BLIND_QUICK_LOOK = f"{ANY_BLUR} --blur_radius 4 --restore_from blurred"
+
+
+def quick_look(cfg):
+    """The settings of a run of minutes that shows what this one would, for the long-run hint."""
+    if not cfg.folder:
+        return QUICK_LOOK
+    chosen = FOLDER_QUICK_LOOK
+    if cfg.blur_kind == "random":
+        chosen = BLIND_QUICK_LOOK if cfg.restore_from == "blurred" else ANY_BLUR_QUICK_LOOK
+    return f"--image_path {shlex.quote(cfg.image_path)} {chosen}"
+
+
+def launcher():
+    """How this run was started: python, or torchrun with as many processes (its rendezvous on the
+    first machine, at the port the README's command names)."""
+    if "LOCAL_WORLD_SIZE" not in os.environ:
+        return ["python"]
+    per_machine = int(os.environ["LOCAL_WORLD_SIZE"])
+    machines = int(os.environ["WORLD_SIZE"]) // per_machine
+    if machines == 1:
+        return ["torchrun", "--standalone", f"--nproc_per_node={per_machine}"]
+    rendezvous = ["--rdzv_backend=c10d", f"--rdzv_endpoint={os.environ['MASTER_ADDR']}:29400"]
+    return ["torchrun", f"--nnodes={machines}", f"--nproc_per_node={per_machine}", *rendezvous]
 
 
 def check_something_to_learn(cfg, perceptual):

@@ -9,7 +9,8 @@ import torch
 from plumbing.errors import DeblurError, first_line, note
 
 
-def pick_device(name):
+def pick_device(name, team=None):
+    """The --device setting's torch.device; under torchrun (`team`), this process's own GPU."""
     available = {
         "cuda": torch.cuda.is_available(),
         "mps": torch.backends.mps.is_available(),
@@ -17,6 +18,8 @@ def pick_device(name):
     }
     if name == "auto":
         name = next(kind for kind, ok in available.items() if ok)
+    if team and team.size > 1:  # torchrun: one GPU each (the CPU, where Macs have no DDP)
+        name = f"cuda:{team.local_rank}" if name.startswith("cuda") else "cpu"
     no_such_device = DeblurError(
         f"--device {name!r}: no such device on this machine; use auto, cpu, cuda, cuda:N or mps"
     )
@@ -67,9 +70,14 @@ def compiled_on_first_batch(cfg, modules, processor, batches, warm_up):
         warm_up(first)
     except RuntimeError as e:
         note(f"torch.compile failed ({first_line(e)}); training without it")
-        for module in modules:
-            del module.forward  # the class's own forward again
+        eager(modules)
     finally:
         for module in modules:
             module.zero_grad(set_to_none=True)
     return chain([first], batches)
+
+
+def eager(modules):
+    """The modules' own forwards again, uncompiled (compiled_on_first_batch's undone)."""
+    for module in modules:
+        module.__dict__.pop("forward", None)

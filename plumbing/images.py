@@ -1,5 +1,5 @@
-"""Reading images as 8-bit RGB (each change said in a note), folders of them, and turning images
-into tensors and back. Blurring and deblurring are the method's, in Deblur.py.
+"""Reading images as 8-bit RGB (each change said in a note) and turning images into tensors and
+back (a folder of them: photo_folder.py). Blurring and deblurring are the method's, in Deblur.py.
 """
 
 import math
@@ -10,11 +10,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.nn import functional as F
 
-from plumbing.errors import DeblurError, first_line, note
-from plumbing.files import file_digest, name_checked, recorded
-
-LABELS_OF_TESTS = {"sample": "unseen sample", "holdout_path": "--holdout_path image"}
-FOLDER_PIXELS = 300_000_000  # at 3 bytes a pixel, a folder's images may take 900 MB in memory
+from plumbing.errors import DeblurError, note
+from plumbing.files import name_checked
 
 
 def resolve_image_path(path, setting):
@@ -72,86 +69,6 @@ def changes_needed(image):
     if image.mode not in ("RGB", "RGBA"):
         changes.append(f"converted it from {image.mode} to RGB")
     return changes
-
-
-def read_image_folder(folder, crop_size, margin, tests=None):
-    """{path: 8-bit (3, H, W) tensor} of every photo in the folder, decoded once into memory. Hidden
-    files, PyTorch files and what Deblur wrote there itself are left out; a file that cannot be
-    read, or is smaller than a crop and its margin on each side (the blur's and the Wiener
-    step's: blur_radius sets both) on a side, is skipped with a note. Refused when
-    none is left, when they would not fit in FOLDER_PIXELS, or when one of `tests` ({setting:
-    path} of the test images) is among them."""
-    own = recorded(folder)
-    smallest = crop_size + 2 * margin
-    files = []
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and not path.name.startswith(".") and path.suffix != ".pt":
-            files.append(path)
-    if not files and any(path.is_dir() for path in folder.iterdir()):
-        raise DeblurError(
-            f"--image_path {folder} holds folders but no files (subfolders are not searched); "
-            f"pass the folder that holds the photographs"
-        )
-    if not files:
-        raise DeblurError(f"--image_path {folder} is an empty folder; put photographs in it")
-    sizes = {}
-    for path in files:
-        if path.name in own and own[path.name] == file_digest([path]):
-            continue  # a figure of an earlier run here: never a photo to learn from
-        try:
-            with Image.open(path) as image:  # reads the header only
-                sizes[path] = image.size
-        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
-            note(f"skipped {path.name}: {first_line(e)}")
-    pixels = sum(width * height for width, height in sizes.values())
-    if pixels > FOLDER_PIXELS:
-        raise DeblurError(
-            f"the images in {folder} hold {pixels / 1e6:g} megapixels, more than the "
-            f"{FOLDER_PIXELS / 1e6:g} that training on a folder keeps in memory; use fewer or "
-            f"smaller images"
-        )
-    photos = {}
-    for path, (width, height) in sizes.items():
-        if min(width, height) < smallest:
-            note(f"skipped {path.name}: {width}x{height} is smaller than a crop and its margin")
-            continue
-        try:
-            pixels = np.array(read_rgb_image(path))
-        except DeblurError as e:  # damaged (a truncated JPEG, say): the others still teach
-            note(f"skipped {path.name}: {e}")
-            continue
-        photos[path] = torch.from_numpy(pixels).permute(2, 0, 1)
-    if not photos:
-        raise DeblurError(
-            f"none of the {len(files)} files in {folder} is an image Pillow can read of at least "
-            f"{smallest}x{smallest} pixels ({smaller(crop_size, margin)}); put larger photographs "
-            f"in it"
-        )
-    if len(photos) < len(files):
-        note(f"training on {len(photos)} images of {folder}; the other files were skipped")
-    check_apart(photos, tests or {})
-    return photos
-
-
-def smaller(crop_size, margin):
-    """Why a photo must be so large, and which setting to lower."""
-    why = f"a {crop_size}-pixel crop and its {margin}-pixel margin on each side, for the blur"
-    if margin > crop_size:
-        return f"{why} and any Wiener step; the margin follows --blur_radius: lower it"
-    return f"{why} and any Wiener step; or lower --crop_size"
-
-
-def check_apart(photos, tests):
-    """A test image that is also a training photo (the same bytes) would be called unseen: refused,
-    naming it."""
-    trained_on = {file_digest([path]) for path in photos}
-    for setting, path in tests.items():
-        if file_digest([path]) in trained_on:
-            raise DeblurError(
-                f"the training folder holds {path.name}, the {LABELS_OF_TESTS[setting]}: a test "
-                f"on it would not be unseen; train on a folder without it (the shipped training "
-                f"photos are in data/train)"
-            )
 
 
 def rescaled_to_8_bits(image, path):

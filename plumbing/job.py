@@ -13,8 +13,9 @@ from types import SimpleNamespace
 import torch
 
 from plumbing.command_line import parse_settings, resume_command
-from plumbing.errors import DeblurError, Stopped
+from plumbing.errors import DeblurError, Stopped, first_line
 from plumbing.files import CHECKPOINT, OUTPUTS
+from plumbing.processes import finish_together, leave, under_torchrun
 
 STOP_SIGNALS = [
     getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
@@ -34,13 +35,18 @@ def signal_name(signum):
 
 def stop_after_this_step(stop):
     """A signal handler: the first Ctrl-C, SIGTERM or SIGHUP asks the job to stop at the next safe
-    point (after this training step, between two strips); a second one quits at once."""
+    point (after this training step, between two strips); a second one quits at once. Not under
+    torchrun, which passes a Ctrl-C on to processes that have had it already from the terminal,
+    and ends them itself 30 s later."""
 
     def request(signum, frame):
+        if stop.signum is not None and under_torchrun():
+            return
         if stop.signum is not None:
             raise KeyboardInterrupt
         stop.signum = signum
-        print(f"\n{signal_name(signum)}: stopping safely (again: quit at once)", file=sys.stderr)
+        again = "torchrun ends it in 30 s" if under_torchrun() else "again: quit at once"
+        print(f"\n{signal_name(signum)}: stopping safely ({again})", file=sys.stderr)
 
     return request
 
@@ -85,13 +91,16 @@ def point_at_devnull(descriptor):
 
 
 @contextmanager
-def unfailing_output():
+def unfailing_output(silent=False):
+    """stdout and stderr made Unfailing; `silent`: both dropped (torchrun's other processes,
+    whose words would repeat the first one's)."""
     previous = sys.stdout, sys.stderr
     for descriptor, stream in ((1, sys.stdout), (2, sys.stderr)):
         if stream is None:  # started with the descriptor closed (>&-)
             point_at_devnull(descriptor)
-    sys.stdout = Unfailing(previous[0], 1, previous[1])
-    sys.stderr = Unfailing(previous[1], 2, previous[0])
+    shown = (None, None) if silent else previous
+    sys.stdout = Unfailing(shown[0], 1, shown[1])
+    sys.stderr = Unfailing(shown[1], 2, shown[0])
     try:
         yield
     finally:
@@ -106,10 +115,14 @@ def run_job(train, apply, settings, choices, script, argv):
     cfg = None
     handler = stop_after_this_step(stop)
     previous = {number: signal.signal(number, handler) for number in STOP_SIGNALS}
-    with unfailing_output():
+    with unfailing_output(silent=os.environ.get("RANK", "0") != "0"):
         try:
             cfg, given = parse_settings(settings, choices, script, argv)
-            return apply(cfg, given, stop) if cfg.apply else train(cfg, stop)
+            if cfg.apply:
+                return apply(cfg, given, stop)
+            exit_code = train(cfg, stop)
+            finish_together()  # torchrun's processes, when the first has written its results
+            return exit_code
         except DeblurError as e:
             print(f"error: {e}", file=sys.stderr)
             return e.exit_code
@@ -119,6 +132,13 @@ def run_job(train, apply, settings, choices, script, argv):
         except KeyboardInterrupt:
             print("Interrupted.", file=sys.stderr)
             return 128 + (stop.signum or signal.SIGINT)
+        except torch.distributed.DistError as e:
+            print(
+                f"error: another of torchrun's processes has ended ({first_line(e)}); the "
+                f"checkpoint of the last completed save is intact: continue with --resume",
+                file=sys.stderr,
+            )
+            return 1
         except (MemoryError, RuntimeError) as e:
             if not is_out_of_memory(e):
                 raise
@@ -126,6 +146,7 @@ def run_job(train, apply, settings, choices, script, argv):
             print(f"error: out of memory {smaller_run(read)}", file=sys.stderr)
             return 1
         finally:
+            leave()
             for number, handler in previous.items():
                 signal.signal(number, handler)
 

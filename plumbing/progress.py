@@ -3,9 +3,7 @@ epochs, the checkpoint on time, the end; and --apply's tiles. No figure is drawn
 """
 
 import math
-import shlex
 from datetime import timedelta
-from functools import cached_property
 from itertools import count
 from pathlib import Path
 from time import perf_counter
@@ -15,23 +13,13 @@ import torch
 from torch.nn import functional as F
 
 from plumbing.checkpoints import HISTORY_COLUMNS, save_checkpoint
+from plumbing.command_line import quick_look
 from plumbing.device import cpu_has_fast_bfloat16
 from plumbing.errors import DeblurError, Stopped, note, warn
-from plumbing.files import CHECKPOINT, file_digest, save_text
+from plumbing.files import CHECKPOINT, save_text
 from plumbing.images import thumbnail
 from plumbing.job import signal_name
-
-QUICK_LOOK = "--image_size 80 --num_epochs 1000 --lr 0.001"
-# A folder's (docs/quick-look.md): the U-Net after Wiener, for one blur; for any blur, with noise;
-# and blind, for mild blur of any kind
-FOLDER_QUICK_LOOK = (
-    "--model unet --restore_from wiener --pixel_loss l1 --crop_size 96 --batch_size 8 --lr 0.001 "
-    "--num_epochs 600 --perceptual_weight 0"
-)
-ANY_BLUR = "--blur_kind random --noise_level 8 --model unet --pixel_loss l1 --crop_size 96 "
-ANY_BLUR += "--batch_size 8 --lr 0.001 --num_epochs 1000 --perceptual_weight 0"
-ANY_BLUR_QUICK_LOOK = f"{ANY_BLUR} --blur_radius 15 --restore_from wiener"
-BLIND_QUICK_LOOK = f"{ANY_BLUR} --blur_radius 4 --restore_from blurred"
+from plumbing.processes import Team, anyone, averaged, check_replicas_agree, gathered, itself
 
 
 class Duties(NamedTuple):
@@ -60,11 +48,13 @@ class Progress:
     epochs: read the losses (the only time the host waits for the device), check them, log, write
     history.csv and the checkpoint, and stop when asked. `generator` draws a folder's crops: its
     state goes into the checkpoint, so that a resumed run is the uninterrupted one. `trained_on`:
-    the image files it learns from, whose fingerprint the checkpoint keeps."""
+    the photos it learns from ([photo_folder.Photo]), whose digests the checkpoint keeps. Under
+    torchrun (`team`), the processes agree on every decision, and the first alone writes."""
 
-    def __init__(self, cfg, stop, generator=None, trained_on=()):
+    def __init__(self, cfg, stop, generator=None, trained_on=(), team=None):
         self.cfg, self.stop, self.generator = cfg, stop, generator
-        self.trained_on = trained_on
+        self.trained_on, self.team = trained_on, team or Team()
+        self.generators = []  # every process's crops' generator state, as at the last checkpoint
         self.out = Path(cfg.output_dir)
         self.epoch = 0
         self.elapsed = 0.0
@@ -80,11 +70,6 @@ class Progress:
         self.frames = []  # [epoch, PSNR, small 8-bit reconstruction] at each of frame_epochs
         self.frame_at = frame_epochs(cfg.num_epochs)  # worked out once, not every step
 
-    @cached_property
-    def image_digest(self):
-        """The training images' SHA-256, kept in the checkpoint: a changed image is not resumed."""
-        return file_digest(self.trained_on)
-
     def watch(self, inputs, sharp, border):
         self.watched = (inputs, sharp, border)
 
@@ -94,8 +79,9 @@ class Progress:
             "epoch": self.epoch,
             "elapsed": self.elapsed,
             "history": self.history,
-            "image_digest": self.image_digest,
+            "photos": {photo.path.name: photo.digest for photo in self.trained_on},
             "crops_generator": self.generator.get_state() if self.generator else None,
+            "crops_generators": self.generators,  # under torchrun: every process's
             "frames": self.frames,
         }
 
@@ -103,6 +89,13 @@ class Progress:
         """The run as a checkpoint kept it (state_dict's keys)."""
         if self.generator and torch.is_tensor(state["crops_generator"]):
             self.generator.set_state(state["crops_generator"])
+        if self.team.size > 1 and len(state["crops_generators"]) == self.team.size:
+            self.generator.set_state(state["crops_generators"][self.team.rank])
+        elif self.team.size > 1:
+            note(
+                f"the checkpoint was trained by {len(state['crops_generators']) or 1} processes, "
+                f"now {self.team.size}: the crops differ from an uninterrupted run's"
+            )
         self.epoch = state["epoch"]
         self.elapsed = state["elapsed"]
         self.history = state["history"]
@@ -115,6 +108,8 @@ class Progress:
     def due(self, epoch):
         """What this epoch must do besides its step (log, checkpoint, a frame, end), or None."""
         stopping = self.stop.signum is not None  # read once: a later signal waits a step
+        if self.team.size > 1:  # torchrun's processes stop together, agreed on at a log epoch
+            stopping = epoch % self.cfg.log_every == 0 and anyone(self.team, stopping)
         final = epoch == self.cfg.num_epochs or stopping
         logs = epoch % self.cfg.log_every == 0 or final
         saves = epoch % self.cfg.checkpoint_every == 0 or final
@@ -126,7 +121,8 @@ class Progress:
     def record(self, epoch, due, net, optimizer, scaler, losses):
         """Returns 'running', 'done', 'stopped' or 'diverged' (a loss or a weight not finite:
         nothing is logged or saved)."""
-        values = [loss.item() for loss in losses]
+        net = itself(net)  # under torchrun, the network inside DistributedDataParallel
+        values = averaged(self.team, [loss.item() for loss in losses])  # of every process's crops
         weights = net.state_dict().values()
         finite = torch.stack([weight.isfinite().all() for weight in weights]).all()
         if not all(map(math.isfinite, values)) or not finite:
@@ -138,6 +134,13 @@ class Progress:
         self.elapsed += now - self.timer
         self.timer_epoch = epoch
         self.timer = now
+        ending = (
+            "stopped" if due.stopping else "done" if epoch == self.cfg.num_epochs else "running"
+        )
+        if self.team.size > 1:  # collectives: every process makes them, at the same epochs
+            self.keep_every_generator(due, net)
+        if not self.team.main:  # the first process alone logs and writes
+            return ending
         if due.frame:
             self.take_frame(epoch, net)
         if due.logs:
@@ -146,16 +149,25 @@ class Progress:
         if due.saves or self.checkpoint_owed:
             checkpoint = (self.out / CHECKPOINT, net, optimizer, scaler, self)
             self.checkpoint_owed = not self.try_to_write(due, save_checkpoint, *checkpoint)
-        if due.stopping:
-            return "stopped"
-        return "done" if epoch == self.cfg.num_epochs else "running"
+        return ending
+
+    def keep_every_generator(self, due, net):
+        """Under torchrun, every process's crops' generator state, for the first process's
+        checkpoint (at a log epoch too: a failed write is tried again there); and before a
+        checkpoint, that every process's weights are still the same."""
+        if due.saves:
+            check_replicas_agree(self.team, net)
+        if due.logs or due.saves:
+            self.generators = gathered(self.team, self.generator.get_state())
 
     def take_frame(self, epoch, net):
         """The network's reconstruction of the watched image now, small, and its PSNR."""
         inputs, sharp, border = self.watched
         net.eval()  # as it will be used
-        with torch.no_grad():
-            restored = net(inputs).float().clamp(0, 1)
+        with (
+            torch.no_grad()
+        ):  # its class's forward: a compiled one would compile again, for its size
+            restored = type(net).forward(net, inputs).float().clamp(0, 1)
         net.train()
         mse = F.mse_loss(without_border(restored, border), without_border(sharp, border)).item()
         self.frames.append([epoch, psnr_from_mse(mse), thumbnail(restored)])
@@ -183,17 +195,9 @@ class Progress:
             f"elapsed {hms(self.elapsed)}, ETA {hms(remaining)}"
         )
         if len(self.history) == 1 and remaining > 3600:
-            quick_look = QUICK_LOOK
-            if self.cfg.folder:
-                quick_look = FOLDER_QUICK_LOOK
-                if self.cfg.blur_kind == "random":
-                    quick_look = ANY_BLUR_QUICK_LOOK
-                    if self.cfg.restore_from == "blurred":
-                        quick_look = BLIND_QUICK_LOOK
-                quick_look = f"--image_path {shlex.quote(self.cfg.image_path)} {quick_look}"
             print(
                 "A long run: Ctrl-C stops it cleanly, --resume continues. "
-                f"A quick look: python Deblur.py {quick_look}"
+                f"A quick look: python Deblur.py {quick_look(self.cfg)}"
             )
 
 
@@ -220,9 +224,10 @@ def hms(seconds):
     return str(timedelta(seconds=round(seconds)))
 
 
-def print_plan(cfg, processor, amp, perceptual, progress, baseline, warm_up):
+def print_plan(cfg, facts, perceptual, progress, baseline, warm_up):
     """The run's plan: what it trains on, how, and the blurred image's quality to beat."""
     psnr, ssim = baseline
+    processor, amp, team = facts.processor, facts.amp, facts.team
     blur = f"{cfg.blur_kind} blur of radius {cfg.blur_radius}"
     if cfg.blur_kind == "random":
         blur = (
@@ -238,6 +243,11 @@ def print_plan(cfg, processor, amp, perceptual, progress, baseline, warm_up):
             f"{cfg.batch_size} a step, turned and mirrored at random, at their own size "
             f"(image_size does not apply); {blur}; lr warmed up over {warm_up} steps, then a "
             f"cosine decay. The unseen sample, blurred: PSNR {psnr:.2f} dB, SSIM {ssim:.4f}"
+        )
+    if team.size > 1:
+        print(
+            f"torchrun: {team.size} processes, each with its own crops; their gradients are "
+            f"averaged, so a step learns from {team.size * cfg.batch_size} crops"
         )
     else:
         print(

@@ -67,9 +67,11 @@ HALF_PRECISION_SIZE = ("--image_size", "16", "--blur_radius", "2")
 
 @pytest.fixture(autouse=True)
 def headless_and_offline(monkeypatch, tmp_path):
-    """No window can open, and with an empty TORCH_HOME no test finds (or fetches) VGG weights."""
+    """No window can open, and with an empty TORCH_HOME no test finds (or fetches) VGG weights;
+    a folder's decoded photos are cached in the test's own folder, never the user's."""
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 
 @pytest.fixture(autouse=True)
@@ -109,6 +111,14 @@ def save_photo(folder, name="photo.png", size=(48, 40), seed=0, image=None, **op
     """`image` (by default a make_photo of `size`) saved as folder/name; returns its path."""
     path = Path(folder) / name
     (image or make_photo(size, seed)).save(path, **options)
+    return path
+
+
+def training_folder(path):
+    """A folder of three test photos at `path`, the last large enough for a Wiener step's margin."""
+    path.mkdir()
+    for seed, size in enumerate(((64, 48), (56, 72), (130, 130))):
+        save_photo(path, f"photo{seed}.png", size, seed)
     return path
 
 
@@ -258,6 +268,31 @@ def first_clip_norms(monkeypatch):
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
     return norms
+
+
+@pytest.fixture
+def host_waits(monkeypatch):
+    """{device type: the steps after which the host read a value of a tensor there (0: before
+    the first)}: on a GPU, each such read makes the host wait for the device."""
+    steps, waits = [0], {}
+    real_step = torch.amp.GradScaler.step
+    real_item, real_bool = torch.Tensor.item, torch.Tensor.__bool__
+
+    def counted_step(scaler, optimizer):
+        steps[0] += 1
+        return real_step(scaler, optimizer)
+
+    def reading(real):
+        def read(tensor):
+            waits.setdefault(tensor.device.type, set()).add(steps[0])
+            return real(tensor)
+
+        return read
+
+    monkeypatch.setattr(torch.amp.GradScaler, "step", counted_step)
+    monkeypatch.setattr(torch.Tensor, "item", reading(real_item))
+    monkeypatch.setattr(torch.Tensor, "__bool__", reading(real_bool))
+    return waits
 
 
 @pytest.fixture(scope="session")

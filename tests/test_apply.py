@@ -76,8 +76,8 @@ def test_apply_to_something_that_is_not_a_photo_is_refused(trained_checkpoint, t
 
 
 def test_apply_asks_only_for_the_room_its_png_needs(trained_checkpoint, tmp_path, monkeypatch):
-    photo = save_photo(tmp_path, "wide.png", size=(200, 150))
-    free = SimpleNamespace(free=2 * 2**20, total=2**40)  # 2 MB: a 200x150 PNG is at most 0.09 MB
+    photo = save_photo(tmp_path, "wide.png", size=(100, 75))
+    free = SimpleNamespace(free=2 * 2**20, total=2**40)  # 2 MB: a 100x75 PNG is at most 0.03 MB
     monkeypatch.setattr(files.shutil, "disk_usage", lambda path: free)
     assert apply(photo, tmp_path, trained_checkpoint) == 0
     assert (tmp_path / "wide_deblurred.png").exists()

@@ -5,13 +5,14 @@ import signal
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
-from conftest import ROOT, checkpoint_of, png_bytes, run_deblur, save_photo
+from conftest import ROOT, checkpoint_of, png_bytes, run_deblur, save_photo, training_folder
 from PIL import Image
 
 import Deblur
-from plumbing import images
+from plumbing import photo_folder
 from plumbing.progress import Progress
 
 FOLDER = ["--crop_size", "16", "--batch_size", "2", "--blur_radius", "2.0"]
@@ -19,11 +20,7 @@ FOLDER = ["--crop_size", "16", "--batch_size", "2", "--blur_radius", "2.0"]
 
 @pytest.fixture
 def folder(tmp_path):
-    path = tmp_path / "train"
-    path.mkdir()
-    for seed, size in enumerate(((64, 48), (56, 72), (130, 130))):  # the last, for Wiener's margin
-        save_photo(path, f"photo{seed}.png", size, seed)
-    return path
+    return training_folder(tmp_path / "train")
 
 
 @pytest.fixture(autouse=True)
@@ -84,6 +81,24 @@ def test_a_resumed_folder_run_equals_an_uninterrupted_one(folder, tmp_path, monk
     for name, tensor in whole["model"].items():
         assert torch.equal(tensor, split["model"][name]), name
     assert torch.equal(whole["crops_generator"], split["crops_generator"])
+
+
+def test_a_folder_changed_since_its_checkpoint_is_said_and_training_goes_on(
+    folder, tmp_path, capsys
+):
+    assert run(folder, tmp_path / "out", "--num_epochs", "1") == 0
+    (folder / "photo0.png").unlink()
+    save_photo(folder, "photo1.png", (56, 72), seed=9)  # the same name, another picture
+    save_photo(folder, "new.png", (60, 60), seed=10)
+    assert run(folder, tmp_path / "out", "--num_epochs", "2", "--resume") == 0
+    out = capsys.readouterr().out
+    said = "has photos 1 new (new.png); 1 gone (photo0.png); 1 changed (photo1.png) since"
+    assert said in out and "training goes on with the folder as it is now" in out
+    assert sorted(checkpoint_of(tmp_path / "out")["photos"]) == [
+        "new.png",
+        "photo1.png",
+        "photo2.png",
+    ]
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "motion", "defocus", "box", "random"])
@@ -220,10 +235,62 @@ def test_small_and_unreadable_files_are_skipped_with_a_note(folder, tmp_path, ca
     assert "training on 3 images" in out and "the other files were skipped" in out
 
 
-def test_a_folder_too_large_to_hold_is_refused_by_name(folder, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(images, "FOLDER_PIXELS", 10_000)
+def test_a_folders_photos_are_decoded_once_into_the_cache_and_read_through_a_memory_map(
+    folder, tmp_path, capsys
+):
+    photos = photo_folder.read_image_folder(folder, 16, 6)
+    assert "decoding 3 photos into" in capsys.readouterr().out
+    cached = sorted((tmp_path / "cache" / "deblur").iterdir())
+    assert [path.name for path in cached] == sorted(f"{photo.digest}.npy" for photo in photos)
+    for photo in photos:
+        decoded = torch.from_numpy(np.array(Image.open(photo.path))).permute(2, 0, 1)
+        assert torch.equal(photo.pixels, decoded)
+    again = photo_folder.read_image_folder(folder, 16, 6)
+    assert "decoding" not in capsys.readouterr().out  # the second run reads them from the cache
+    assert all(torch.equal(a.pixels, b.pixels) for a, b in zip(photos, again, strict=True))
+
+
+def anonymous_memory():
+    """This process's memory that no file backs (Linux's RssAnon), in bytes."""
+    status = Path("/proc/self/status").read_text()
+    return (
+        int(next(line for line in status.splitlines() if line.startswith("RssAnon")).split()[1])
+        * 1024
+    )
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's memory counts")
+def test_a_cached_photo_is_read_from_its_file_not_copied_into_memory(tmp_path):
+    folder = tmp_path / "large"
+    folder.mkdir()
+    Image.linear_gradient("L").resize((3000, 3000)).convert("RGB").save(folder / "large.png")
+    photo_folder.read_image_folder(folder, 16, 6)  # decodes it into the cache
+    before = anonymous_memory()
+    photos = photo_folder.read_image_folder(folder, 16, 6)
+    assert int(photos[0].pixels.sum()) > 0  # every pixel read
+    assert anonymous_memory() - before < 9_000_000  # decoded into memory, it takes 27 MB
+
+
+def test_a_damaged_cached_copy_is_decoded_again(folder, tmp_path):
+    photos = photo_folder.read_image_folder(folder, 16, 6)
+    cached = tmp_path / "cache" / "deblur" / f"{photos[0].digest}.npy"
+    start = cached.read_bytes()[:200]
+    cached.unlink()  # (this process still maps the file: truncating it in place would be a fault)
+    cached.write_bytes(start)  # cut short, as a full disk would leave it
+    again = photo_folder.read_image_folder(folder, 16, 6)
+    assert torch.equal(again[0].pixels, photos[0].pixels)
+
+
+def test_a_cache_without_room_is_refused_before_anything_is_decoded(
+    folder, tmp_path, monkeypatch, capsys
+):
+    room = SimpleNamespace(free=photo_folder.SPARE_BYTES + 20_000)  # the photos need 72,012 bytes
+    monkeypatch.setattr(photo_folder.shutil, "disk_usage", lambda path: room)
     assert run(folder, tmp_path / "out") == 2
-    assert "hold 0.024004 megapixels, more than the 0.01 that" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "the 3 photos new to the cache need 0.00 GB in" in error and "XDG_CACHE_HOME" in error
+    assert list((tmp_path / "cache" / "deblur").iterdir()) == []
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_shipped_training_set_is_free_small_and_apart_from_the_test_images():
@@ -301,3 +368,23 @@ def test_a_resume_of_another_blur_is_refused_before_the_photos_are_measured(
     extra = ("--restore_from", "wiener", "--blur_kind", "box", "--blur_radius", "16", "--resume")
     assert run(folder, tmp_path / "out", *extra) == 2
     assert "it was trained with blur_radius = 2.0, not 16.0" in capsys.readouterr().err
+
+
+def test_compiled_training_never_meets_the_test_images_sizes(folder, tmp_path, monkeypatch):
+    """torch.compile compiles again for every new input size, and that compile may fail where the
+    first one worked (or take minutes): the compiled forward sees the crops' size alone; the
+    progress frames and the evaluation, at the test images' sizes, run eagerly."""
+
+    def one_size_only(forward):
+        sizes = set()
+
+        def compiled(inputs, *rest):
+            sizes.add(tuple(inputs.shape[-2:]))
+            if len(sizes) > 1:
+                raise RuntimeError(f"recompiling for {sizes} failed")
+            return forward(inputs, *rest)
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", one_size_only)
+    assert run(folder, tmp_path / "out", "--torch_compile", "on", "--num_epochs", "3") == 0

@@ -72,12 +72,18 @@ def test_precomputed_target_maps_give_the_same_loss(vgg):
 
 
 def test_pretrained_weights_are_read_from_the_torch_home_cache(tmp_path, monkeypatch):
-    # A full VGG19 state dict (548 MB) where torchvision looks for it: loading needs no network.
+    # A full VGG19 state dict where torchvision looks for it: loading needs no network. Random
+    # convolutions; the classifier, never used, one number each (548 MB written out in full)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     cache = tmp_path / "hub" / "checkpoints"
     cache.mkdir(parents=True)
     torch.manual_seed(1)
-    state = vgg19().state_dict()
+    with torch.device("meta"):
+        shapes = vgg19().state_dict()
+    state = {}
+    for name, tensor in shapes.items():
+        drawn = torch.randn if name.startswith("features") else torch.zeros(()).expand
+        state[name] = drawn(tensor.shape)
     torch.save(state, cache / VGG19_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[1])
     loaded = VGG19Loss("IMAGENET1K_V1")
     for name, tensor in loaded.features.state_dict().items():

@@ -9,15 +9,16 @@ import torch
 from conftest import ROOT, TINY
 
 import Deblur
-from plumbing.command_line import DERIVED, parse_settings
-from plumbing.device import pick_device
-from plumbing.errors import DeblurError
-from plumbing.progress import (
+from plumbing.command_line import (
     ANY_BLUR_QUICK_LOOK,
     BLIND_QUICK_LOOK,
+    DERIVED,
     FOLDER_QUICK_LOOK,
     QUICK_LOOK,
+    parse_settings,
 )
+from plumbing.device import pick_device
+from plumbing.errors import DeblurError
 
 # The settings as shipped: the original project's defaults, and the new settings' own.
 SHIPPED = {

@@ -13,16 +13,15 @@ from PIL import Image
 from torchvision.models import VGG19_Weights
 
 import Deblur
-from plumbing.command_line import parse_settings
-from plumbing.device import amp_dtype_for
-from plumbing.progress import (
+from plumbing.command_line import (
     ANY_BLUR_QUICK_LOOK,
     BLIND_QUICK_LOOK,
     FOLDER_QUICK_LOOK,
     QUICK_LOOK,
-    Progress,
-    frame_epochs,
+    parse_settings,
 )
+from plumbing.device import amp_dtype_for
+from plumbing.progress import Progress, frame_epochs
 
 LOG_LINE = re.compile(
     r"^Epoch (\d+), Total Loss: \d+\.\d{6}, MSE: \d+\.\d{6}, Perceptual: \d+\.\d{6}, "
@@ -284,31 +283,14 @@ def test_a_failing_compile_is_said_and_training_runs_eagerly(
 
 
 def test_the_host_waits_for_the_device_only_on_logged_and_snapshot_epochs(
-    photo_path, tmp_path, monkeypatch
+    photo_path, tmp_path, host_waits
 ):
-    steps, waits = [0], set()
-    real_step = torch.amp.GradScaler.step
-    real_item, real_bool = torch.Tensor.item, torch.Tensor.__bool__
-
-    def counted_step(scaler, optimizer):
-        steps[0] += 1
-        return real_step(scaler, optimizer)
-
-    def reading(real):
-        def read(tensor):
-            waits.add(steps[0])
-            return real(tensor)
-
-        return read
-
-    monkeypatch.setattr(torch.amp.GradScaler, "step", counted_step)
-    monkeypatch.setattr(torch.Tensor, "item", reading(real_item))
-    monkeypatch.setattr(torch.Tensor, "__bool__", reading(real_bool))
     assert run_deblur(photo_path, tmp_path, "--num_epochs", "12", "--log_every", "10") == 0
     # Before training (the baseline), then the logged epochs and the progress.png snapshots (1, 2,
     # 5, 10 and the last) only. A `loss.item()` or `print(loss)` in the loop reads the loss
     # every step: on a GPU the host then waits for the device every step, instead of queueing.
     expected = {0, 1, 2, 5, 10, 12}
+    waits = host_waits["cpu"]
     assert waits == expected, (
         f"the host read a tensor's value after steps {sorted(waits - expected)}, which are neither "
         "logged nor snapshot epochs: on a GPU that makes the host wait for the device every step"
@@ -331,7 +313,7 @@ def test_on_apples_mps_neither_adam_nor_clipping_asks_for_multi_tensor_kernels(
 ):
     argv = ["--image_path", str(photo_path), "--image_size", "32", "--perceptual_weight", "0"]
     cfg = parse_settings(Deblur.SETTINGS, Deblur.CHOICES, Deblur.__file__, argv)[0]
-    monkeypatch.setattr(Deblur, "pick_device", lambda name: torch.device("mps"))
+    monkeypatch.setattr(Deblur, "pick_device", lambda name, team: torch.device("mps"))
     facts = Deblur.facts_of(cfg)
     assert not facts.multi_tensor
     clip = torch.nn.utils.clip_grad_norm_

@@ -142,6 +142,7 @@ def prepare(case, folder, environ):
     image, extra = case[1](folder)
     args = tiny_run_args(image, folder / "out", *extra)
     env = {**environ, "MPLBACKEND": "Agg", "TORCH_HOME": str(folder / "torch_home")}
+    env["XDG_CACHE_HOME"] = str(folder / "cache")  # a folder's decoded photos: never the user's
     env["OMP_NUM_THREADS"] = "1"  # one core: the tests in pytest's process have the other
     return args, digests(folder), env
 

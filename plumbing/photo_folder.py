@@ -1,0 +1,159 @@
+"""A folder of training photos: which of its files are photos, each decoded once into a cache on
+disk and then read through a memory map. A folder of any size trains in bounded memory: crops
+touch only their own pages, which the operating system keeps while there is room and drops when
+there is not; processes on one machine (torchrun's) share them. What is trained is Deblur.py's.
+"""
+
+import os
+import shutil
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from plumbing.errors import DeblurError, first_line, note
+from plumbing.files import atomic_path, file_digest, recorded
+from plumbing.images import read_rgb_image
+from plumbing.processes import one_process_first
+
+LABELS_OF_TESTS = {"sample": "unseen sample", "holdout_path": "--holdout_path image"}
+SPARE_BYTES = 2**28  # room the cache leaves free on its disk: 256 MB, for checkpoints and the rest
+
+
+class Photo(NamedTuple):
+    """A training photo: its file, the SHA-256 of its bytes (its name in the cache, and what a
+    checkpoint remembers) and, for a folder's, its 8-bit (3, H, W) pixels, memory-mapped."""
+
+    path: Path
+    digest: str
+    pixels: torch.Tensor | None = None
+
+
+def training_photos(cfg, margin, tests, team):
+    """[Photo] to train on: the one image, or the folder's photos (read_image_folder), decoded by
+    the first process on each machine (torchrun's `team`) before the others look for them."""
+    training = Path(cfg.image_path)
+    if not cfg.folder:
+        return [Photo(training, file_digest([training]))]
+    with one_process_first(team):
+        return read_image_folder(training, cfg.crop_size, margin, tests)
+
+
+def cache_folder():
+    """Where decoded photos are kept: $XDG_CACHE_HOME/deblur, else ~/.cache/deblur."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "deblur"
+
+
+def read_image_folder(folder, crop_size, margin, tests=None):
+    """[Photo] of every photo in the folder, sorted by name. Hidden files, PyTorch files and what
+    Deblur wrote there itself are left out; a file that cannot be read, or is smaller than a crop
+    and its margin on each side (the blur's and the Wiener step's: blur_radius sets both) on a
+    side, is skipped with a note. Refused when none is left, when one of `tests` ({setting: path}
+    of the test images) is among them, or when the cache's disk has no room for them."""
+    own = recorded(folder)
+    smallest = crop_size + 2 * margin
+    files = [path for path in sorted(folder.iterdir()) if path.is_file()]
+    files = [path for path in files if not path.name.startswith(".") and path.suffix != ".pt"]
+    if not files and any(path.is_dir() for path in folder.iterdir()):
+        raise DeblurError(
+            f"--image_path {folder} holds folders but no files (subfolders are not searched); "
+            f"pass the folder that holds the photographs"
+        )
+    if not files:
+        raise DeblurError(f"--image_path {folder} is an empty folder; put photographs in it")
+    sizes = {}
+    for path in files:
+        if path.name in own and own[path.name] == file_digest([path]):
+            continue  # a figure of an earlier run here: never a photo to learn from
+        try:
+            with Image.open(path) as image:  # reads the header only
+                sizes[path] = image.size
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
+            note(f"skipped {path.name}: {first_line(e)}")
+            continue
+        if min(sizes[path]) < smallest:
+            width, height = sizes.pop(path)
+            note(f"skipped {path.name}: {width}x{height} is smaller than a crop and its margin")
+    digests = {path: file_digest([path]) for path in sizes}
+    check_apart(digests, tests or {})
+    cache = cache_folder()
+    check_room(cache, [size for path, size in sizes.items() if not cached(cache, digests[path])])
+    photos = []
+    for path, digest in digests.items():
+        try:
+            photos.append(Photo(path, digest, decoded(path, cache / f"{digest}.npy")))
+        except DeblurError as e:  # damaged (a truncated JPEG, say): the others still teach
+            note(f"skipped {path.name}: {e}")
+    if not photos:
+        raise DeblurError(
+            f"none of the {len(files)} files in {folder} is an image Pillow can read of at least "
+            f"{smallest}x{smallest} pixels ({smaller(crop_size, margin)}); put larger photographs "
+            f"in it"
+        )
+    if len(photos) < len(files):
+        note(f"training on {len(photos)} images of {folder}; the other files were skipped")
+    return photos
+
+
+def smaller(crop_size, margin):
+    """Why a photo must be so large, and which setting to lower."""
+    why = f"a {crop_size}-pixel crop and its {margin}-pixel margin on each side, for the blur"
+    if margin > crop_size:
+        return f"{why} and any Wiener step; the margin follows --blur_radius: lower it"
+    return f"{why} and any Wiener step; or lower --crop_size"
+
+
+def check_apart(digests, tests):
+    """A test image that is also a training photo (the same bytes) would be called unseen: refused,
+    naming it."""
+    trained_on = set(digests.values())
+    for setting, path in tests.items():
+        if file_digest([path]) in trained_on:
+            raise DeblurError(
+                f"the training folder holds {path.name}, the {LABELS_OF_TESTS[setting]}: a test "
+                f"on it would not be unseen; train on a folder without it (the shipped training "
+                f"photos are in data/train)"
+            )
+
+
+def cached(cache, digest):
+    return (cache / f"{digest}.npy").is_file()
+
+
+def check_room(cache, sizes):
+    """Photos still to decode are refused, before any is, where their cache's disk has no room."""
+    if not sizes:
+        return
+    needed = sum(3 * width * height for width, height in sizes)
+    cache.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(cache).free
+    if needed + SPARE_BYTES > free:
+        raise DeblurError(
+            f"decoded, the {len(sizes)} photos new to the cache need {needed / 1e9:.2f} GB in "
+            f"{cache}, whose disk has {free / 1e9:.2f} GB free; make room there, or set "
+            f"XDG_CACHE_HOME to a folder on a disk with room"
+        )
+    note(f"decoding {len(sizes)} photos into {cache} ({needed / 1e9:.2f} GB), once for every run")
+
+
+def decoded(path, cached_copy):
+    """The photo's 8-bit pixels as a (3, H, W) tensor read through a memory map of its decoded
+    copy, which is made first where it is missing or damaged."""
+    try:
+        return mapped(cached_copy)
+    except (OSError, ValueError):  # not there yet, or cut short when its disk filled
+        pass
+    pixels = np.asarray(read_rgb_image(path))
+    with atomic_path(cached_copy) as temporary, open(temporary, "wb") as file:
+        np.save(file, pixels)
+    return mapped(cached_copy)
+
+
+def mapped(cached_copy):
+    # copy-on-write: the file is never written, and PyTorch wants an array it may write to
+    pixels = np.load(cached_copy, mmap_mode="c")
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ValueError(f"{cached_copy} is not a decoded photo")
+    return torch.from_numpy(pixels).permute(2, 0, 1)
