@@ -7,7 +7,8 @@ peak memory: its photos are read through the decoded cache (plumbing/photo_folde
 The photos are made up (smooth random shapes, JPEG, 10 megapixels each) in a temporary folder,
 with a cache of their own. Two runs of the any-blur quick look's settings, --num_epochs steps
 each, in fresh processes: the first decodes the photos into the cache, the second reads them
-from it. For each: the wall time, the peak resident memory (os.wait4's) and the training rate.
+from it. For each: the wall time, the peak resident memory (os.wait4's) and its two parts, and
+the training rate. `--folder data/train` measures a small folder the same way, for comparison.
 """
 
 import argparse
@@ -39,36 +40,67 @@ def made_up_photos(folder, count):
 
 
 def run(command, env):
-    """Wall seconds, peak resident MB and what it printed, of `command` in a fresh process."""
+    """Wall seconds, peak resident MB, the peaks of its two parts (Linux's RssAnon: memory of the
+    process's own; RssFile: pages of files it maps, the cache's, which the system may drop) and
+    what it printed, of `command` in a fresh process."""
     began = time.perf_counter()
-    child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
-    printed = child.stdout.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    if status != 0:
+    with tempfile.TemporaryFile("w+") as printed:
+        child = subprocess.Popen(command, env=env, stdout=printed, text=True)
+        peaks = {"RssAnon": 0, "RssFile": 0}
+        ended = 0
+        while not ended:
+            for name, kilobytes in resident(child.pid).items():
+                peaks[name] = max(peaks[name], kilobytes / 1024)
+            time.sleep(0.1)
+            ended, status, usage = os.wait4(child.pid, os.WNOHANG)
+        printed.seek(0)
+        printed = printed.read()
+    if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"{' '.join(command)} failed:\n{printed}")
-    return time.perf_counter() - began, usage.ru_maxrss / 1024, printed
+    return time.perf_counter() - began, usage.ru_maxrss / 1024, peaks, printed
+
+
+def resident(pid):
+    """{RssAnon, RssFile: kB} of a running process (none once it has ended)."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return {}
+    return {
+        line.split(":")[0]: int(line.split()[1])
+        for line in lines
+        if line.startswith(("RssAnon", "RssFile"))
+    }
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--megapixels", type=int, default=500)
     parser.add_argument("--num_epochs", type=int, default=50)
+    parser.add_argument("--folder", help="an existing folder of photos instead of made-up ones")
     args = parser.parse_args()
     count = -(-args.megapixels * 10**6 // (WIDTH * HEIGHT))
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
-        (work / "photos").mkdir()
-        made_up_photos(work / "photos", count)
+        photos = Path(args.folder or work / "photos").resolve()
+        if not args.folder:
+            photos.mkdir()
+            made_up_photos(photos, count)
         env = {**os.environ, "XDG_CACHE_HOME": str(work / "cache")}
-        command = [sys.executable, str(ROOT / "Deblur.py"), "--image_path", str(work / "photos")]
+        command = [sys.executable, str(ROOT / "Deblur.py"), "--image_path", str(photos)]
         command += [*ANY_BLUR_QUICK_LOOK.split(), "--num_epochs", str(args.num_epochs)]
         command += ["--log_every", str(args.num_epochs)]
-        print(f"{count} photos of {WIDTH}x{HEIGHT}: {count * WIDTH * HEIGHT / 1e6:.0f} megapixels")
+        if not args.folder:
+            print(f"{count} photos of {WIDTH}x{HEIGHT}: {count * WIDTH * HEIGHT / 1e6:.0f} MP")
         for number, name in enumerate(("decoding into the cache", "read from the cache")):
             out = str(work / f"out{number}")
-            seconds, peak, printed = run([*command, "--output_dir", out], env)
+            seconds, peak, parts, printed = run([*command, "--output_dir", out], env)
             rate = re.findall(r"([\d.]+) epochs/s", printed)[-1]
-            print(f"{name}: {seconds:.0f} s in all, peak memory {peak:.0f} MB, {rate} steps/s")
+            print(
+                f"{name}: {seconds:.0f} s in all, peak memory {peak:.0f} MB (its own at most "
+                f"{parts['RssAnon']:.0f} MB, mapped files {parts['RssFile']:.0f} MB), "
+                f"{rate} steps/s"
+            )
 
 
 if __name__ == "__main__":

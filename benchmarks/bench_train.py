@@ -30,7 +30,7 @@ from plumbing.command_line import (  # noqa: E402
     FOLDER_QUICK_LOOK,
     parse_settings,  # noqa: E402
 )
-from plumbing.images import read_image_folder  # noqa: E402
+from plumbing.photo_folder import read_image_folder  # noqa: E402
 
 
 def settings(argv):
