@@ -1,9 +1,7 @@
-"""Deblur: remove blur from an image by training a small residual CNN on that very image (or,
-given a folder, on random crops of its photos, blurred one way or, with blur_kind = "random", any
-way), measured against classical deconvolution and on images it never saw. Read it top to bottom:
-settings, data, model, loss, the training loop, results, the job. The blur model (kernels, noise)
-is in blurs.py, Wiener and Richardson-Lucy in deconvolution.py, the figures in results.py, the
-plumbing in plumbing/.
+"""Deblur: remove blur from an image by training a small residual CNN on that very image (or on
+random crops of a folder's photos, blurred one way or any way), measured against classical
+deconvolution and on images it never saw. Read it top to bottom: settings, data, model, loss, the
+training loop, results, the job; the blur model is in blurs.py, the plumbing in plumbing/.
 """
 
 import math
@@ -19,9 +17,9 @@ from PIL import ImageFilter
 from torch import nn
 from torch.nn import functional as F
 
-from blurs import BLUR_KINDS, blur, blur_kernel, described, drawn, kernel_width, photographed
-from deconvolution import estimated_noise, richardson_lucy, rl_iterations, wiener, wiener_balance
-from networks import DeblurNet, UNet
+from blurs import BLUR_KINDS, Pair, blur, blur_kernel, described, drawn, kernel_width, photographed
+from deconvolution import estimated_noise, wiener, wiener_balance, wiener_margin
+from networks import DeblurNet, PatchDiscriminator, ResNet, UNet
 from PerceptualLoss import load_vgg19_loss
 from plumbing.checkpoints import (
     blur_to_undo,
@@ -31,11 +29,16 @@ from plumbing.checkpoints import (
     restore_training,
 )
 from plumbing.command_line import check_something_to_learn, settings_in
-from plumbing.device import amp_dtype_for, compiled_on_first_batch, eager, pick_device
+from plumbing.device import (
+    amp_dtype_for,
+    compiled_on_first_batch,
+    eager,
+    mixed_precision,
+    pick_device,
+)
 from plumbing.errors import note
 from plumbing.files import locked_output_dir, photo_output, save_image, space_needed
 from plumbing.images import (
-    as_8_bits,
     as_image,
     check_blur_fits,
     image_to_tensor,
@@ -46,9 +49,10 @@ from plumbing.images import (
 from plumbing.job import report_outcome, run_job
 from plumbing.kernel_file import read_kernel
 from plumbing.photo_folder import training_photos
-from plumbing.processes import Team, join, this_process, together
-from plumbing.progress import Progress, in_tiles, print_plan
-from results import best_wiener, image_quality, print_summary, row_of, save_results
+from plumbing.processes import Team, itself, join, this_process, together
+from plumbing.progress import Progress, print_plan
+from plumbing.tiles import restored_in_tiles
+from results import compared, image_quality, print_summary, save_results
 
 # ---- Settings: edit a line, or override it for one run: python Deblur.py --num_epochs 300
 image_path = "data/sample.jpg"  # the training image, or a folder of them (see crop_size)
@@ -65,6 +69,7 @@ weight_decay = 1e-5  # Adam weight decay (L2 regularisation)
 mse_weight = 1.0  # weight of the pixel-wise loss (MSE, or L1: see pixel_loss)
 pixel_loss = "mse"  # the pixel-wise loss: mse (the original's) or l1, which sharpens less eagerly
 perceptual_weight = 0.1  # weight of the VGG19 perceptual loss; 0 skips loading VGG19 at all
+adversarial_weight = 0.0  # weight of the adversarial term (a PatchGAN discriminator); 0: none
 max_grad_norm = 1.0  # gradients are clipped to this norm
 log_every = 10  # print a progress line and a history.csv row every this many epochs (and the last)
 checkpoint_every = 1000  # write output_dir/checkpoint.pt every this many epochs (and at the end)
@@ -72,7 +77,7 @@ seed = 0  # seeds the initialisation, crops and blurs: same seed and settings, s
 device = "auto"  # auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps
 amp_dtype = "auto"  # auto (float16 on CUDA, bfloat16 on a CPU made for it, else float32) or one
 torch_compile = "auto"  # torch.compile the network and VGG19: auto (on CUDA only), on or off
-model = "deblurnet"  # the network: deblurnet (the original's) or unet (networks.py, sees 105 px)
+model = "deblurnet"  # the network: deblurnet (the original's), unet or resnet (networks.py)
 restore_from = "blurred"  # what the network restores: the blurred image, or wiener (deconvolved)
 holdout_path = "data/holdout.jpg"  # a second image, never trained on, to test on; '' skips it
 output_dir = "."  # where results, history.csv and checkpoint.pt are written (created if missing)
@@ -83,21 +88,7 @@ kernel = ""  # --apply: the photo's measured blur kernel, a grayscale image or a
 SETTINGS = settings_in(globals())
 
 
-# ---- Data: a blurred image and its sharp original, always in that order
-class Pair(NamedTuple):
-    """A test image: blurred, sharp, and the blur: its kernel and its noise (8-bit steps)."""
-
-    blurred: torch.Tensor
-    sharp: torch.Tensor
-    kernel: object  # a (k, k) NumPy array
-    noise: float
-
-    @property
-    def border(self):
-        """The pixels the metrics leave out on each side: the kernel's half-width."""
-        return self.kernel.shape[0] // 2
-
-
+# ---- Data: a blurred image and its sharp original, always in that order (a Pair, blurs.py)
 def load_image_pair(path, size, cfg, generator, processor="cpu", setting="image_path"):
     """A Pair of (1, 3, H, W) tensors: the image blurred as the settings say (gaussian: Pillow's
     GaussianBlur, as the original), with noise, in 8 bits; random draws come from `generator`."""
@@ -113,8 +104,8 @@ def load_image_pair(path, size, cfg, generator, processor="cpu", setting="image_
     return Pair(blurred, sharp, kernels.reshape(kernels.shape[-2:]), float(noise))
 
 
-# ---- Model: the original's DeblurNet or the U-Net (networks.py), and what it is given
-MODELS = {"deblurnet": DeblurNet, "unet": UNet}
+# ---- Model: the original's DeblurNet, the U-Net or the ResNet (networks.py), and what it is given
+MODELS = {"deblurnet": DeblurNet, "unet": UNet, "resnet": ResNet}
 
 
 def make_network(name, restore_from, seed, processor):
@@ -133,12 +124,6 @@ def network_input(blurred, kernels, noise, cfg, pad=None):
     return blurred
 
 
-def input_margin(cfg, width):
-    """The real pixels a crop's Wiener step needs around it: a kernel's width, rounded up to 16 so
-    that the crop's FFT is fast (beyond it the crop is extended smoothly by another width)."""
-    return -(-width // 16) * 16 if cfg.restore_from == "wiener" else 0
-
-
 # ---- Loss: mse_weight x MSE (or L1) + perceptual_weight x VGG19 distance
 def losses(cfg, vgg, restored, sharp, target_maps):
     """(the loss trained on, the MSE (logged, as PSNR, whatever the loss), the perceptual term)."""
@@ -146,6 +131,13 @@ def losses(cfg, vgg, restored, sharp, target_maps):
     pixel = F.l1_loss(restored, sharp) if cfg.pixel_loss == "l1" else mse
     perceptual = vgg(restored, target_maps) if vgg else torch.zeros((), device=restored.device)
     return cfg.mse_weight * pixel + cfg.perceptual_weight * perceptual, mse, perceptual
+
+
+def adversarial_loss(scores, target):
+    """Least squares (LSGAN): the scores' squared distance to `target` (1: sharp, 0: restored). Its
+    gradient grows with the distance, where a GAN's log loss flattens out for patches easy to tell
+    apart; and no log of a probability can overflow in float16."""
+    return ((scores - target) ** 2).mean()
 
 
 def vgg_targets(vgg, sharp, facts):
@@ -175,25 +167,39 @@ def facts_of(cfg):
     processor = pick_device(cfg.device, team)
     amp = amp_dtype_for(cfg.amp_dtype, processor)
     width = kernel_width(cfg)
-    margin = input_margin(cfg, width)
+    margin = wiener_margin(width) if cfg.restore_from == "wiener" else 0
     multi_tensor = processor.type != "mps"
     return Facts(processor, amp, width, margin, width // 2 + margin, multi_tensor, team)
 
 
-def mixed_precision(facts):
-    """Autocast to the run's AMP dtype: float16 or bfloat16 where safe, float32 where not."""
-    return torch.autocast(facts.processor.type, facts.amp, enabled=facts.amp != torch.float32)
+class Critic(NamedTuple):
+    """The adversarial term's discriminator (under torchrun, in DDP), its Adam and its scaler."""
+
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
 
 
 def make_training(cfg, net, vgg_weights, facts):
-    """The perceptual loss (None for MSE only), Adam and the gradient scaler for `net`."""
+    """The perceptual loss (None for MSE only), Adam and the gradient scaler for `net`, and the
+    Critic of the adversarial term (None at adversarial_weight 0)."""
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on CUDA (convolutions already are)
     vgg = load_vgg19_loss(vgg_weights, facts.processor) if cfg.perceptual_weight else None
-    # Fused Adam: one kernel for all tensors, and no host sync for a GradScaler's skipped steps
+    critic = None
+    if cfg.adversarial_weight:
+        torch.manual_seed(cfg.seed)  # the same seed, the same discriminator
+        discriminator = PatchDiscriminator().to(facts.processor, memory_format=torch.channels_last)
+        shared = together(discriminator, facts.team, facts.processor)  # torchrun: DDP
+        critic = Critic(shared, *adam_and_scaler(discriminator, cfg, facts))
+    return vgg, *adam_and_scaler(net, cfg, facts), critic
+
+
+def adam_and_scaler(net, cfg, facts):
+    """Adam for `net`, fused (one kernel for all tensors, and no host sync for a GradScaler's
+    skipped steps); and, under float16, a scaler that scales losses up so gradients survive."""
     fused = facts.multi_tensor
     adam = torch.optim.Adam(net.parameters(), cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
-    scaler = torch.amp.GradScaler(facts.processor.type, enabled=facts.amp == torch.float16)
-    return vgg, adam, scaler
+    return adam, torch.amp.GradScaler(facts.processor.type, enabled=facts.amp == torch.float16)
 
 
 def folder_batches(images, cfg, facts, generator, vgg):
@@ -251,14 +257,32 @@ def learning_rate(cfg, epoch):
     return cfg.lr * warm_up * (1 + math.cos(math.pi * min(epoch / cfg.num_epochs, 1))) / 2
 
 
-def training_step(cfg, net, vgg, optimizer, scaler, batch, facts):
-    """One optimisation step on a batch of (network input, sharp, VGG19 targets); returns the
-    loss terms, left on the device (reading them would make the host wait)."""
+def training_step(cfg, net, vgg, optimizer, scaler, batch, facts, critic=None):
+    """One step on a batch of (network input, sharp, VGG19 targets), after the critic's if any; the
+    loss terms, left on the device (reading them makes the host wait), as Progress.record takes."""
     inputs, sharp, target_maps = batch  # inputs: the blurred images, or Wiener's
     # Forward in mixed precision: float16 or bfloat16 where it is safe, float32 where not
     with mixed_precision(facts):
         restored = net(inputs)
+    # The discriminator's step first: it learns to score sharp patches 1 and restored ones 0
+    if critic:
+        with mixed_precision(facts):
+            both = critic.net(torch.cat([sharp, restored.detach()]))  # one call, one backward
+            scores_sharp, scores_restored = both.chunk(2)
+            told_apart = adversarial_loss(scores_sharp, 1) + adversarial_loss(scores_restored, 0)
+        descend(told_apart, critic.net, critic.optimizer, critic.scaler, cfg, facts)
+    # The network's loss: pixels and VGG19 features, and its patches' scores pushed towards 1
+    with mixed_precision(facts):
         loss, mse, perceptual = losses(cfg, vgg, restored, sharp, target_maps)
+        if critic:  # (the discriminator's gradients from this are cleared at its next step)
+            adversarial = adversarial_loss(itself(critic.net)(restored), 1)
+            loss = loss + cfg.adversarial_weight * adversarial
+    descend(loss, net, optimizer, scaler, cfg, facts)
+    return (loss, mse, perceptual, adversarial, told_apart) if critic else (loss, mse, perceptual)
+
+
+def descend(loss, net, optimizer, scaler, cfg, facts):
+    """Backward from `loss`, then one step of `net`'s optimizer."""
     # Backward; under float16 the loss is scaled up so that small gradients survive
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
@@ -268,21 +292,21 @@ def training_step(cfg, net, vgg, optimizer, scaler, batch, facts):
     # Step (the scaler skips it if a float16 gradient overflowed)
     scaler.step(optimizer)
     scaler.update()
-    return loss, mse, perceptual
 
 
-def train(cfg, net, vgg, optimizer, scaler, batches, progress, facts):
+def train(cfg, net, vgg, optimizer, scaler, batches, progress, facts, critic=None):
     """Trains epochs progress.epoch + 1 .. num_epochs on (network input, sharp, VGG19 targets)
     batches; returns 'done', 'stopped' or 'diverged'."""
     progress.start()
     last_good = deepcopy(net.state_dict())  # a diverged run's results: the last finite weights
     outcome = "done"
+    adams = [optimizer, critic.optimizer] if critic else [optimizer]
     for epoch in range(progress.epoch + 1, cfg.num_epochs + 1):
         batch = next(batches)
         if cfg.folder:  # one image keeps the original's constant lr
-            for group in optimizer.param_groups:
+            for group in (group for adam in adams for group in adam.param_groups):
                 group["lr"] = learning_rate(cfg, epoch)
-        terms = training_step(cfg, net, vgg, optimizer, scaler, batch, facts)
+        terms = training_step(cfg, net, vgg, optimizer, scaler, batch, facts, critic)
         # Every log_every epochs: read the losses, log, checkpoint. Only then does the host wait.
         due = progress.due(epoch)
         if not due:
@@ -298,20 +322,11 @@ def train(cfg, net, vgg, optimizer, scaler, batches, progress, facts):
 
 # ---- Results: the network against the blurred input and the classical deconvolutions
 def evaluate(net, setting, pair, cfg):
-    """The comparison's Row for the test image of `setting`: the blurred input, the deconvolutions
-    with its known kernel (Wiener by its rule and at this image's best balance, an oracle;
-    Richardson-Lucy) and the network, each with its PSNR and SSIM (Pair.border left out)."""
-    blurred, sharp, kernel, noise = pair
+    """The comparison's Row for the test image of `setting`: the network beside the blurred input
+    and the deconvolutions with its known kernel (results.compared)."""
     with torch.no_grad():
-        restored = net(network_input(blurred, kernel, noise, cfg)).float()
-    images = {
-        "Blurred": blurred,
-        "Wiener": wiener(blurred, kernel, wiener_balance(kernel, noise)),
-        "Wiener oracle": best_wiener(blurred, kernel, sharp, pair.border),
-        "Richardson–Lucy": richardson_lucy(blurred, kernel, rl_iterations(noise)),
-        "Network": restored,
-    }
-    return row_of(setting, images, sharp, pair.border, kernel)
+        restored = net(network_input(pair.blurred, pair.kernel, pair.noise, cfg)).float()
+    return compared(setting, pair, restored)
 
 
 # ---- The job
@@ -355,18 +370,18 @@ def run(cfg, stop, vgg_weights):
     read = [*test_paths.values(), *(photo.path for photo in photos)]  # none may be overwritten
     room = space_needed(net, cfg.image_size)
     with locked_output_dir(out, read, room) if facts.team.main else nullcontext():  # one writes
-        vgg, optimizer, scaler = make_training(cfg, net, vgg_weights, facts)
+        vgg, optimizer, scaler, critic = make_training(cfg, net, vgg_weights, facts)
         check_something_to_learn(cfg, vgg is not None)
         # Crops, kernels and noise: under torchrun, each process its own
         generator = torch.Generator().manual_seed(cfg.seed + facts.team.rank)
-        progress = Progress(cfg, stop, generator, trained_on=photos, team=facts.team)
+        progress = Progress(cfg, stop, generator, photos, facts.team, critic)
         if cfg.folder:
             pixels = [photo.pixels for photo in photos]
             batches = folder_batches(pixels, cfg, facts, generator, vgg)
         else:
             batches = image_batches(pairs["image_path"], cfg, facts, generator, vgg)
         if checkpoint:
-            restore_training(cfg, *checkpoint, net, optimizer, scaler, progress)
+            restore_training(cfg, *checkpoint, net, optimizer, scaler, progress, critic)
         shown = pairs["sample" if cfg.folder else "image_path"]  # the first row of the figure
         baseline = image_quality(shown.blurred, shown.sharp, shown.border)
         print_plan(cfg, facts, vgg is not None, progress, baseline, WARM_UP)
@@ -381,7 +396,7 @@ def run(cfg, stop, vgg_weights):
         modules = [net, vgg] if vgg else [net]
         batches = compiled_on_first_batch(cfg, modules, facts.processor, batches, warm_up)
         model = together(net, facts.team, facts.processor)  # torchrun: DistributedDataParallel
-        outcome = train(cfg, model, vgg, optimizer, scaler, batches, progress, facts)
+        outcome = train(cfg, model, vgg, optimizer, scaler, batches, progress, facts, critic)
 
         eager(modules)  # at the test images' sizes, torch.compile would compile again
         net.eval()
@@ -412,24 +427,11 @@ def apply_to_photo(cfg, given, stop):
         note(f"estimated the photo's noise at {noise:.2f} 8-bit steps (--noise_level sets it)")
     with photo_output(cfg, photo_path, blurred.shape[-2:]) as target:  # never a user's file
         # Wiener on the whole photo at once, kept in half precision (within 1/16 of an 8-bit
-        # step); the network's correction in tiles; then its last step on the whole photo, a
-        # channel at a time: memory for a few copies of the photo, not for all the network's work
+        # step); then the network, a tile at a time (tiles.py): memory for a few copies of it
         described_photo = network_input(blurred, kernel, noise, trained).half()
-        inputs = described_photo[:, :3].clone()
-        description = described_photo[:, 3:, :1, :1].float()
-        del described_photo, blurred  # the description is the same at every pixel: one each
-        correction = torch.empty_like(inputs)
-        restored = torch.empty(inputs.shape, dtype=torch.uint8)
+        del blurred
         with torch.no_grad(), mixed_precision(facts):
-            for where, tile, inside in in_tiles(inputs, net.REACH, stop, photo_path):
-                tile = torch.cat([tile.float(), description.expand(-1, -1, *tile.shape[-2:])], 1)
-                tile = tile.contiguous(memory_format=torch.channels_last)  # as the network: 1.4x
-                correction[where] = net.correction(tile)[inside]
-        with torch.no_grad():
-            for channel in range(3):
-                part = slice(channel, channel + 1)
-                colour = net.restored(inputs[:, part].float(), correction[:, part].float())
-                restored[:, part] = as_8_bits(colour)
+            restored = restored_in_tiles(net, described_photo, stop, photo_path)
         save_image(as_image(restored), target, "PNG", compress_level=1)
     return 0
 

@@ -5,6 +5,7 @@ on what these make.
 """
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -13,6 +14,20 @@ from torch.nn import functional as F
 
 BLUR_KINDS = ("gaussian", "motion", "defocus", "box", "random")
 QUANTISATION = 1 / math.sqrt(12)  # the noise rounding to 8 bits adds, in 8-bit steps
+
+
+class Pair(NamedTuple):
+    """A test image: blurred, sharp, and the blur: its kernel and its noise (8-bit steps)."""
+
+    blurred: torch.Tensor
+    sharp: torch.Tensor
+    kernel: object  # a (k, k) NumPy array
+    noise: float
+
+    @property
+    def border(self):
+        """The pixels the metrics leave out on each side: the kernel's half-width."""
+        return self.kernel.shape[0] // 2
 
 
 # ---- The kernels: explicit 2-D arrays that sum to 1, an odd number of pixels a side

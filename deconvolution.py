@@ -16,6 +16,12 @@ from blurs import QUANTISATION, transfer_function
 # ---- Wiener deconvolution, with a balance that follows the noise and the kernel
 
 
+def wiener_margin(width):
+    """The real pixels a crop's Wiener step needs around it: a kernel's width, rounded up to 16 so
+    that the crop's FFT is fast (beyond it the crop is extended smoothly by another width)."""
+    return -(-width // 16) * 16
+
+
 def wiener(blurred, kernels, balance, pad=None):
     """Non-blind Wiener deconvolution of (N, 3, H, W) images with the known kernel (one for all, or
     one each), by FFT on their device: the kernel's inverse, damped by `balance` (a number, or one

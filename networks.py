@@ -1,5 +1,6 @@
-"""The networks: the original's DeblurNet, and a small U-Net (model = "unet") for photos the
-network never saw.
+"""The networks: the original's DeblurNet; a small U-Net (model = "unet") and a ResNet of EDSR's
+blocks (model = "resnet") for photos the network never saw; and the PatchGAN discriminator of
+the adversarial term (adversarial_weight).
 
 DeblurNet looks at 15x15 pixels, while a sigma-5 blur spreads a point over 31: it can sharpen,
 but it cannot undo the blur's reach. A U-Net halves the image three times, so that its deepest
@@ -9,6 +10,8 @@ but it cannot undo the blur's reach. A U-Net halves the image three times, so th
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+MEAN_WINDOW = 65  # the U-Net's and the ResNet's correction keeps the image's mean over this width
 
 
 class DeblurNet(nn.Module):
@@ -56,7 +59,31 @@ def two_convolutions(inputs, outputs):
     )
 
 
-class UNet(nn.Module):
+class Correcting(nn.Module):
+    """The U-Net's and the ResNet's shape: the image plus what the network adds (`correction`),
+    whose mean over each MEAN_WINDOW-wide window is taken away; clamped to [0, 1] outside
+    training. Blur moves light but keeps it: over a window wider than the kernel, the sharp image
+    has the blurred one's mean. So does the correction: no brightness drifts in, which on a sharp
+    photo costs more than any detail gains."""
+
+    def forward(self, x):
+        return self.restored(x, self.correction(x))
+
+    def restored(self, x, correction):
+        restored = x[:, :3] + correction - local_mean(correction, MEAN_WINDOW)
+        return restored if self.training else restored.clamp(0, 1)
+
+
+def last_convolution(width):
+    """The 3x3 convolution to the correction's 3 colours, its weights zeros: an untrained network
+    returns its input (after Wiener deconvolution, Wiener's result)."""
+    last = nn.Conv2d(width, 3, kernel_size=3, padding=1)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return last
+
+
+class UNet(Correcting):
     """16-32-64 channels at full, half and quarter size, 64 at an eighth; 318,483 parameters.
 
     Pure residual: the output is the input plus what the network adds, and that starts at zero
@@ -70,7 +97,6 @@ class UNet(nn.Module):
 
     DOWNSAMPLING = 8  # three 2x2 max-poolings
     REACH = 52  # a pixel of the correction depends on input pixels up to 52 away, each way
-    MEAN_WINDOW = 65  # the correction keeps the image's mean over windows this wide (restored)
 
     def __init__(self, inputs=3, width=16):
         super().__init__()
@@ -84,12 +110,7 @@ class UNet(nn.Module):
         self.after_up2 = two_convolutions(4 * width, 2 * width)
         self.up1 = nn.ConvTranspose2d(2 * width, width, kernel_size=2, stride=2)
         self.after_up1 = two_convolutions(2 * width, width)
-        self.last = nn.Conv2d(width, 3, kernel_size=3, padding=1)
-        nn.init.zeros_(self.last.weight)
-        nn.init.zeros_(self.last.bias)
-
-    def forward(self, x):
-        return self.restored(x, self.correction(x))
+        self.last = last_convolution(width)
 
     def correction(self, x):
         """What the network adds to the image, before its local mean is taken away."""
@@ -105,12 +126,69 @@ class UNet(nn.Module):
         up = self.after_up1(torch.cat([self.up1(up), full], dim=1))
         return self.last(up)[..., :height, :width]
 
-    def restored(self, x, correction):
-        # Blur moves light but keeps it: over a window wider than the kernel, the sharp image has
-        # the blurred one's mean. So does the correction, whose local mean is taken away: no
-        # brightness drifts in, which on a sharp photo costs more than any detail gains.
-        restored = x[:, :3] + correction - local_mean(correction, self.MEAN_WINDOW)
-        return restored if self.training else restored.clamp(0, 1)
+
+class ResNet(Correcting):
+    """EDSR's residual blocks (Lim et al. 2017) at one width, every layer at full size: a 3x3
+    convolution into 32 channels; six blocks, each conv 3x3, ReLU, conv 3x3 added to the block's
+    input (no batch norm: EDSR found it takes away the range of values a restoration needs); a
+    3x3 convolution back to 3 channels, whose weights start at zero; and, as the U-Net, the input
+    added to the whole and the correction's local mean taken away. 113,315 parameters (with 5
+    inputs). Fourteen 3x3 convolutions: a pixel of the correction sees 29x29 input pixels (REACH
+    14 each way, tested), less than the U-Net's 105 for twice its time a step: its depth is all
+    at full size, where the U-Net spends most of its convolutions at a half, a quarter and an
+    eighth of it.
+    """
+
+    REACH = 14  # 1 + 2 a block + 1: a pixel of the correction sees 14 pixels each way
+
+    def __init__(self, inputs=3, width=32, blocks=6):
+        super().__init__()
+        self.first = nn.Conv2d(inputs, width, kernel_size=3, padding=1)
+        self.blocks = nn.ModuleList(residual_block(width) for _ in range(blocks))
+        self.last = last_convolution(width)
+
+    def correction(self, x):
+        """What the network adds to the image, before its local mean is taken away."""
+        features = self.first(x)
+        for block in self.blocks:
+            features = features + block(features)  # each block adds to what it is given
+        return self.last(features)
+
+
+def residual_block(width):
+    """EDSR's block without its addition: conv 3x3, ReLU, conv 3x3, at one width."""
+    return nn.Sequential(
+        nn.Conv2d(width, width, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(width, width, kernel_size=3, padding=1),
+    )
+
+
+class PatchDiscriminator(nn.Module):
+    """The adversarial term's judge: pix2pix's PatchGAN (Isola et al. 2017), smaller. It scores
+    each patch of an image (high: a sharp photo's), not the whole image, so that it judges texture
+    and edges, which is what blur takes away. Four 4x4 convolutions, 3-32 (stride 2), 32-64
+    (stride 2), 64-128, 128-1, LeakyReLU(0.2) between; through them an output score sees a 34x34
+    patch (tested), and a 96-pixel crop gets 22x22 scores. Instance norm after the second and
+    third, as DeblurGAN's (a batch norm would mix the sharp and the restored images' statistics in
+    one batch); 167,649 parameters."""
+
+    def __init__(self, width=32):
+        super().__init__()
+        self.main = nn.Sequential(
+            nn.Conv2d(3, width, kernel_size=4, stride=2, padding=1),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(width, 2 * width, kernel_size=4, stride=2, padding=1),
+            nn.InstanceNorm2d(2 * width),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(2 * width, 4 * width, kernel_size=4, padding=1),
+            nn.InstanceNorm2d(4 * width),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(4 * width, 1, kernel_size=4, padding=1),
+        )
+
+    def forward(self, image):
+        return self.main(image)
 
 
 def local_mean(image, window):

@@ -12,8 +12,15 @@ from PIL import Image, ImageDraw, ImageFont
 from skimage.metrics import structural_similarity
 from torch.nn import functional as F
 
-from deconvolution import wiener_at, wiener_spectra
-from plumbing.checkpoints import HISTORY_COLUMNS
+from deconvolution import (
+    richardson_lucy,
+    rl_iterations,
+    wiener,
+    wiener_at,
+    wiener_balance,
+    wiener_spectra,
+)
+from plumbing.checkpoint_fields import HISTORY_COLUMNS
 from plumbing.files import save_figure, save_image
 from plumbing.images import tensor_to_image, thumbnail, to_hwc
 from plumbing.progress import psnr_from_mse, without_border, write_history
@@ -74,6 +81,22 @@ def image_quality(image, reference, border=0):
     pair = (image[0].numpy(), reference[0].numpy())
     similarity = structural_similarity(*pair, channel_axis=0, data_range=1.0, **GAUSSIAN_SSIM)
     return psnr_from_mse(F.mse_loss(image, reference).item()), similarity
+
+
+def compared(setting, pair, restored):
+    """The comparison's Row for a test image (a blurs.Pair) and the network's restoration of it:
+    beside it, the blurred input and the deconvolutions with its known kernel (Wiener by its rule
+    and at this image's best balance, an oracle; Richardson-Lucy), each with its PSNR and SSIM
+    (Pair.border left out)."""
+    blurred, sharp, kernel, noise = pair
+    images = {
+        "Blurred": blurred,
+        "Wiener": wiener(blurred, kernel, wiener_balance(kernel, noise)),
+        "Wiener oracle": best_wiener(blurred, kernel, sharp, pair.border),
+        "Richardson–Lucy": richardson_lucy(blurred, kernel, rl_iterations(noise)),
+        "Network": restored,
+    }
+    return row_of(setting, images, sharp, pair.border, kernel)
 
 
 def row_of(setting, images, sharp, border, kernel):
@@ -151,7 +174,8 @@ def save_training_curves(history, path, baselines):
     `baselines` ({name: PSNR}, on the same scale as the training PSNR) as lines."""
     import matplotlib.pyplot as plt
 
-    columns = torch.tensor(history, dtype=torch.float64).reshape(-1, len(HISTORY_COLUMNS)).T
+    rows = [row[: len(HISTORY_COLUMNS)] for row in history]  # without the adversarial terms
+    columns = torch.tensor(rows, dtype=torch.float64).reshape(-1, len(HISTORY_COLUMNS)).T
     series = dict(zip(HISTORY_COLUMNS, columns, strict=True))
     figure, (loss_ax, psnr_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
     figure.subplots_adjust(left=0.09, right=0.98, bottom=0.12, top=0.92, wspace=0.22)

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 import Deblur  # noqa: E402
 from blurs import blur, blur_kernel, camera_shake, photographed  # noqa: E402
 from deconvolution import richardson_lucy, rl_iterations, wiener, wiener_balance  # noqa: E402
-from plumbing.checkpoints import trained_settings  # noqa: E402
+from plumbing.checkpoint_fields import trained_settings  # noqa: E402
 from plumbing.images import image_to_tensor  # noqa: E402
 from results import best_wiener, image_quality  # noqa: E402
 

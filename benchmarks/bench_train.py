@@ -14,6 +14,7 @@ import argparse
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -30,6 +31,7 @@ from plumbing.command_line import (  # noqa: E402
     FOLDER_QUICK_LOOK,
     parse_settings,  # noqa: E402
 )
+from plumbing.device import mixed_precision  # noqa: E402
 from plumbing.photo_folder import read_image_folder  # noqa: E402
 
 
@@ -42,10 +44,11 @@ def settings(argv):
 def deblur_step(cfg, facts, batches, vgg):
     """One call: one step of Deblur's training_step, on the next of `batches`."""
     net = Deblur.make_network(cfg.model, cfg.restore_from, cfg.seed, facts.processor)
-    _, optimizer, scaler = Deblur.make_training(cfg, net, None, facts)
+    _, optimizer, scaler, critic = Deblur.make_training(cfg, net, None, facts)
     if cfg.torch_compile == "on":  # the network only: VGG19 is shared with the naive step
         net.forward = torch.compile(net.forward)
-    return lambda: Deblur.training_step(cfg, net, vgg, optimizer, scaler, next(batches), facts)
+    batch = partial(next, batches)
+    return lambda: Deblur.training_step(cfg, net, vgg, optimizer, scaler, batch(), facts, critic)
 
 
 def naive_step(cfg, facts, pair, vgg):
@@ -58,7 +61,7 @@ def naive_step(cfg, facts, pair, vgg):
     blurred, sharp = pair.blurred.contiguous(), pair.sharp.contiguous()
 
     def step():
-        with Deblur.mixed_precision(facts):
+        with mixed_precision(facts):
             restored = net(blurred)
             loss = cfg.mse_weight * F.mse_loss(restored, sharp)
             loss = loss + cfg.perceptual_weight * vgg(restored, sharp)

@@ -2,31 +2,16 @@
 and continuing a run from it. What the network is, is Deblur.py's.
 """
 
-import math
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
+from plumbing.checkpoint_fields import CHECKPOINT_KEYS, PROBLEM, trained_settings, well_formed
 from plumbing.command_line import BLUR_SETTINGS, DERIVED
 from plumbing.errors import DeblurError, note
 from plumbing.files import CHECKPOINT, atomic_path, file_digest, first_free_name, name_checked
-
-CHECKPOINT_KEYS = ("model", "optimizer", "scaler", "settings", "epoch", "elapsed", "history")
-GENERATOR_STATE_SHAPE = (
-    torch.Generator().get_state().shape
-)  # the state of a folder's crops' generator
-HISTORY_COLUMNS = ("epoch", "total", "mse", "perceptual", "psnr", "seconds")
-# The settings a resumed run must share with its checkpoint: the problem it learned to solve
-PROBLEM = ("image_path", "image_size", "blur_radius", "blur_kind", "blur_angle", "noise_level")
-PROBLEM += ("model", "restore_from")
-# What a checkpoint written before a setting existed was trained with (its network and first
-# step are told by its weights: trained_settings)
-BEFORE_IT_EXISTED = {"blur_kind": "gaussian", "blur_angle": 0.0, "noise_level": 0.0}
-# The numbers a run can have trained with, as the command line checks them
-RANGES = {"image_size": (16, 4096), "blur_radius": (0, 682), "noise_level": (0, 64)}
-RANGES["blur_angle"] = (-math.inf, math.inf)
+from plumbing.processes import itself
 
 
 def save_checkpoint(path, net, optimizer, scaler, progress):
@@ -39,6 +24,13 @@ def save_checkpoint(path, net, optimizer, scaler, progress):
         "settings": settings,
         **progress.state_dict(),
     }
+    if progress.critic:  # the adversarial term's discriminator, and its Adam and scaler
+        critic = progress.critic
+        state["discriminator"] = {
+            "model": itself(critic.net).state_dict(),
+            "optimizer": critic.optimizer.state_dict(),
+            "scaler": critic.scaler.state_dict(),
+        }
     with atomic_path(path) as temporary:
         torch.save(state, temporary)
         if path.exists() and not progress.owns_checkpoint:
@@ -85,6 +77,7 @@ def read_checkpoint(cfg, choices):
     checkpoint["crops_generator"] = loaded.get("crops_generator")
     checkpoint["crops_generators"] = loaded.get("crops_generators", [])  # torchrun's processes'
     checkpoint["frames"] = loaded.get("frames", [])  # none in checkpoints older than them
+    checkpoint["discriminator"] = loaded.get("discriminator")  # at adversarial_weight > 0
     if not well_formed(checkpoint):
         raise not_ours
     if not all(tensor.isfinite().all() for tensor in checkpoint["model"].values()):
@@ -100,7 +93,27 @@ def read_checkpoint(cfg, choices):
                 f"cannot resume {path}: it was trained with {name} = {was!r}, not "
                 f"{getattr(cfg, name)!r}; use --{name} {was} or start afresh"
             )
+    if not cfg.apply:
+        check_adversarial_term(cfg, path, checkpoint)
     return path, checkpoint, trained
+
+
+def check_adversarial_term(cfg, path, checkpoint):
+    """A run with the adversarial term resumes with it (without, its discriminator would be lost)
+    and from a checkpoint that holds its discriminator. A run without it may add it: a fresh
+    discriminator then starts (restore_training says so)."""
+    was = checkpoint["settings"].get("adversarial_weight", 0.0)
+    if was and not cfg.adversarial_weight:
+        raise DeblurError(
+            f"cannot resume {path} without its adversarial term: it was trained with "
+            f"adversarial_weight = {was!r}, and its discriminator would be lost; use "
+            f"--adversarial_weight {was}, or start afresh"
+        )
+    if was and checkpoint["discriminator"] is None:
+        raise DeblurError(
+            f"{path} was trained with adversarial_weight = {was!r} but holds no discriminator; "
+            f"it is damaged: use another checkpoint, or start afresh"
+        )
 
 
 def check_same_images(cfg, path, checkpoint, photos):
@@ -131,61 +144,6 @@ def check_same_images(cfg, path, checkpoint, photos):
         )
 
 
-def well_formed(checkpoint):
-    """Every field of the type a run wrote: a hand-made file fails here, not hours later."""
-    history = checkpoint["history"]
-    generator = checkpoint["crops_generator"]
-    number = (int, float)
-    return (
-        all(
-            isinstance(checkpoint[key], dict)
-            for key in ("model", "optimizer", "scaler", "settings")
-        )
-        and all(torch.is_tensor(tensor) for tensor in checkpoint["model"].values())
-        and isinstance(checkpoint["optimizer"].get("state"), dict)
-        and isinstance(checkpoint["optimizer"].get("param_groups"), list)
-        and (generator is None or generator_state(generator))
-        and isinstance(checkpoint["crops_generators"], list)
-        and all(generator_state(state) for state in checkpoint["crops_generators"])
-        and type(checkpoint["epoch"]) is int
-        and checkpoint["epoch"] >= 0
-        and isinstance(checkpoint["elapsed"], number)
-        and math.isfinite(checkpoint["elapsed"])
-        and isinstance(history, list)
-        and all(isinstance(row, list) and len(row) == len(HISTORY_COLUMNS) for row in history)
-        and all(isinstance(value, number) for row in history for value in row)
-        and (checkpoint["photos"] is None or well_formed_photos(checkpoint["photos"]))
-        and isinstance(checkpoint["frames"], list)
-        and all(well_formed_frame(frame) for frame in checkpoint["frames"])
-    )
-
-
-def generator_state(state):
-    return torch.is_tensor(state) and state.shape == GENERATOR_STATE_SHAPE
-
-
-def well_formed_photos(photos):
-    """{name: SHA-256}, as Progress.state_dict lists them."""
-    return isinstance(photos, dict) and all(
-        isinstance(name, str) and isinstance(digest, str) for name, digest in photos.items()
-    )
-
-
-def well_formed_frame(frame):
-    """[epoch, PSNR, an 8-bit (H, W, 3) image], as Progress.take_frame makes them."""
-    if not (isinstance(frame, list) and len(frame) == 3):
-        return False
-    epoch, psnr, image = frame
-    return (
-        type(epoch) is int
-        and isinstance(psnr, (int, float))
-        and torch.is_tensor(image)
-        and image.dtype == torch.uint8
-        and image.dim() == 3
-        and image.shape[-1] == 3
-    )
-
-
 def load_weights(net, path, checkpoint):
     try:
         net.load_state_dict(checkpoint["model"])
@@ -193,26 +151,20 @@ def load_weights(net, path, checkpoint):
         raise DeblurError(f"cannot use {path}: it holds a different network architecture") from None
 
 
-def restore_training(cfg, path, checkpoint, net, optimizer, scaler, progress):
-    """Continues a run (weights, optimizer, scaler, epoch, history) from a checkpoint that
-    read_checkpoint and check_same_images have found to solve the same problem."""
+def restore_training(cfg, path, checkpoint, net, optimizer, scaler, progress, critic=None):
+    """Continues a run (weights, optimizer, scaler, epoch, history, and the adversarial term's
+    critic) from a checkpoint that read_checkpoint and check_same_images have found to solve the
+    same problem."""
     saved = checkpoint["settings"]
     load_weights(net, path, checkpoint)
-    # Which of Adam's kernels run is this device's, not the saving one's: a checkpoint from a Mac
-    # (no fused Adam) resumed on CUDA in float16 would hand a GradScaler's state to unfused Adam
-    kernels = {name: optimizer.param_groups[0][name] for name in ("fused", "foreach")}
-    try:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-    except (ValueError, KeyError, RuntimeError):  # a hand-made optimizer state of another shape
-        raise DeblurError(f"{path} is not a Deblur checkpoint, or is damaged") from None
-    if checkpoint["scaler"]:  # empty when saved by a disabled scaler (bfloat16 or float32 runs)
-        scaler.load_state_dict(checkpoint["scaler"])
+    damaged = DeblurError(f"{path} is not a Deblur checkpoint, or is damaged")
+    load_training_state(optimizer, scaler, checkpoint, cfg, damaged)
     for name, value in vars(cfg).items():
         if name not in ("resume", "output_dir") and saved.get(name, value) != value:
             note(f"resuming with {name} = {value!r} (the checkpoint used {saved[name]!r})")
-    for group in optimizer.param_groups:
-        group.update(lr=cfg.lr, weight_decay=cfg.weight_decay, **kernels)
     progress.load_state_dict(checkpoint)
+    if critic:
+        restore_critic(cfg, path, checkpoint["discriminator"], critic, progress.epoch)
     progress.owns_checkpoint = path.resolve() == (Path(cfg.output_dir) / CHECKPOINT).resolve()
     print(f"Resumed from {path} at epoch {progress.epoch}")
     if progress.epoch >= cfg.num_epochs:
@@ -222,41 +174,40 @@ def restore_training(cfg, path, checkpoint, net, optimizer, scaler, progress):
         )
 
 
-def trained_settings(checkpoint, path, choices):
-    """The problem a checkpoint was trained on: its PROBLEM settings, by name, each checked as the
-    command line checks them (a hand-edited file fails here, in one line). A checkpoint that does
-    not say its network or first step is recognised by its weights."""
-    saved = checkpoint["settings"]
-    if saved.get("restore_from") == "wiener" and "noise_level" not in saved:
-        raise DeblurError(
-            f"{path} was trained after an earlier Wiener step, which Deblur no longer computes "
-            f"(its balance now follows the noise and the kernel); train it afresh"
+def load_training_state(optimizer, scaler, saved, cfg, damaged):
+    """Adam's and the scaler's state as `saved` kept them (`damaged` raised if they do not fit),
+    with the run's lr and weight decay. Which of Adam's kernels run is this device's, not the
+    saving one's: a checkpoint from a Mac (no fused Adam) resumed on CUDA in float16 would hand a
+    GradScaler's state to unfused Adam."""
+    kernels = {name: optimizer.param_groups[0][name] for name in ("fused", "foreach")}
+    try:
+        optimizer.load_state_dict(saved["optimizer"])
+        if saved["scaler"]:  # empty when saved by a disabled scaler (bfloat16 or float32 runs)
+            scaler.load_state_dict(saved["scaler"])
+    except (TypeError, ValueError, KeyError, RuntimeError):  # a state of another shape
+        raise damaged from None
+    for group in optimizer.param_groups:
+        group.update(lr=cfg.lr, weight_decay=cfg.weight_decay, **kernels)
+
+
+def restore_critic(cfg, path, saved, critic, epoch):
+    """The discriminator, its Adam and scaler as the checkpoint kept them; or, from a checkpoint
+    trained without the adversarial term, a fresh discriminator, said."""
+    if saved is None:
+        note(
+            f"{path.name} was trained without the adversarial term: a fresh discriminator starts "
+            f"at epoch {epoch}"
         )
-    first = checkpoint["model"].get("down1.0.weight", checkpoint["model"].get("main.0.weight"))
-    told = {
-        "model": "unet" if "down1.0.weight" in checkpoint["model"] else "deblurnet",
-        "restore_from": "wiener" if first is not None and first.shape[1] == 5 else "blurred",
-    }
-    values = {}
-    for name in PROBLEM:
-        values[name] = saved.get(name, BEFORE_IT_EXISTED.get(name, told.get(name)))
-        if not allowed(name, values[name], choices):
-            raise DeblurError(
-                f"{path} says it was trained with {name} = {values[name]!r}, which no run can "
-                f"be; it is damaged or hand-edited: use another checkpoint, or train afresh"
-            )
-    return SimpleNamespace(**values)
-
-
-def allowed(name, value, choices):
-    """Whether a checkpoint's setting is one a run could have had."""
-    if name in choices:
-        return isinstance(value, str) and value in choices[name]
-    if name == "image_path":
-        return isinstance(value, str)
-    low, high = RANGES[name]
-    number = isinstance(value, float) or (type(value) is int and name == "image_size")
-    return number and math.isfinite(value) and low <= value <= high
+        return
+    damaged = DeblurError(
+        f"{path}'s discriminator is damaged or another network's; use another checkpoint, or "
+        f"start afresh"
+    )
+    try:
+        itself(critic.net).load_state_dict(saved["model"])
+    except (AttributeError, TypeError, KeyError, RuntimeError):
+        raise damaged from None
+    load_training_state(critic.optimizer, critic.scaler, saved, cfg, damaged)
 
 
 def blur_to_undo(cfg, given, trained, path):

@@ -33,7 +33,14 @@ AT_MOST = {
     "batch_size": 4096,
     "noise_level": 64,  # 8-bit steps: more is mostly noise
 }
-NOT_NEGATIVE = ("blur_radius", "noise_level", "weight_decay", "mse_weight", "perceptual_weight")
+NOT_NEGATIVE = (
+    "blur_radius",
+    "noise_level",
+    "weight_decay",
+    "mse_weight",
+    "perceptual_weight",
+    "adversarial_weight",
+)
 BLUR_SETTINGS = ("blur_kind", "blur_radius", "blur_angle")
 # What the settings decide, worked out with them once: not settings, never saved as settings
 DERIVED = ("folder",)

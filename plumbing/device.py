@@ -81,3 +81,8 @@ def eager(modules):
     """The modules' own forwards again, uncompiled (compiled_on_first_batch's undone)."""
     for module in modules:
         module.__dict__.pop("forward", None)
+
+
+def mixed_precision(facts):
+    """Autocast to the run's AMP dtype (facts.amp): float16 or bfloat16 where safe, else float32."""
+    return torch.autocast(facts.processor.type, facts.amp, enabled=facts.amp != torch.float32)

@@ -1,5 +1,5 @@
 """What a run says and keeps as it goes: the plan, a log line and a history row every log_every
-epochs, the checkpoint on time, the end; and --apply's tiles. No figure is drawn here.
+epochs, the checkpoint on time, the end. No figure is drawn here.
 """
 
 import math
@@ -12,13 +12,13 @@ from typing import NamedTuple
 import torch
 from torch.nn import functional as F
 
-from plumbing.checkpoints import HISTORY_COLUMNS, save_checkpoint
+from plumbing.checkpoint_fields import ADVERSARIAL_COLUMNS, HISTORY_COLUMNS
+from plumbing.checkpoints import save_checkpoint
 from plumbing.command_line import quick_look
 from plumbing.device import cpu_has_fast_bfloat16
-from plumbing.errors import DeblurError, Stopped, note, warn
+from plumbing.errors import DeblurError, note, warn
 from plumbing.files import CHECKPOINT, save_text
 from plumbing.images import thumbnail
-from plumbing.job import signal_name
 from plumbing.processes import Team, anyone, averaged, check_replicas_agree, gathered, itself
 
 
@@ -49,11 +49,12 @@ class Progress:
     history.csv and the checkpoint, and stop when asked. `generator` draws a folder's crops: its
     state goes into the checkpoint, so that a resumed run is the uninterrupted one. `trained_on`:
     the photos it learns from ([photo_folder.Photo]), whose digests the checkpoint keeps. Under
-    torchrun (`team`), the processes agree on every decision, and the first alone writes."""
+    torchrun (`team`), the processes agree on every decision, and the first alone writes.
+    `critic`: the adversarial term's discriminator, its Adam and scaler, checkpointed too."""
 
-    def __init__(self, cfg, stop, generator=None, trained_on=(), team=None):
+    def __init__(self, cfg, stop, generator=None, trained_on=(), team=None, critic=None):
         self.cfg, self.stop, self.generator = cfg, stop, generator
-        self.trained_on, self.team = trained_on, team or Team()
+        self.trained_on, self.team, self.critic = trained_on, team or Team(), critic
         self.generators = []  # every process's crops' generator state, as at the last checkpoint
         self.out = Path(cfg.output_dir)
         self.epoch = 0
@@ -157,6 +158,8 @@ class Progress:
         checkpoint, that every process's weights are still the same."""
         if due.saves:
             check_replicas_agree(self.team, net)
+            if self.critic:
+                check_replicas_agree(self.team, itself(self.critic.net))
         if due.logs or due.saves:
             self.generators = gathered(self.team, self.generator.get_state())
 
@@ -185,13 +188,16 @@ class Progress:
             return False
 
     def log(self, values, rate):
-        total, mse, perceptual = values
+        total, mse, perceptual, *adversarial = values  # adversarial: (the term, the critic's)
         psnr = psnr_from_mse(mse)
         remaining = (self.cfg.num_epochs - self.epoch) / rate
-        self.history.append([self.epoch, total, mse, perceptual, psnr, self.elapsed])
+        self.history.append([self.epoch, total, mse, perceptual, psnr, self.elapsed, *adversarial])
+        judged = ""
+        if adversarial:
+            judged = f"Adversarial: {adversarial[0]:.6f}, Discriminator: {adversarial[1]:.6f}, "
         print(
             f"Epoch {self.epoch}, Total Loss: {total:.6f}, MSE: {mse:.6f}, "
-            f"Perceptual: {perceptual:.6f}, PSNR: {psnr:.2f} dB, {rate:.1f} epochs/s, "
+            f"Perceptual: {perceptual:.6f}, {judged}PSNR: {psnr:.2f} dB, {rate:.1f} epochs/s, "
             f"elapsed {hms(self.elapsed)}, ETA {hms(remaining)}"
         )
         if len(self.history) == 1 and remaining > 3600:
@@ -202,9 +208,14 @@ class Progress:
 
 
 def write_history(path, history):
-    lines = [",".join(HISTORY_COLUMNS)]
+    """history.csv; with the adversarial term's two columns when any row has them (a run resumed
+    with the term added leaves them empty on the rows from before it)."""
+    columns = HISTORY_COLUMNS
+    if any(len(row) > len(HISTORY_COLUMNS) for row in history):
+        columns += ADVERSARIAL_COLUMNS
+    lines = [",".join(columns)]
     for row in history:
-        lines.append(",".join(map(str, row)))
+        lines.append(",".join([*map(str, row), *[""] * (len(columns) - len(row))]))
     save_text("\n".join(lines) + "\n", path)
 
 
@@ -244,52 +255,28 @@ def print_plan(cfg, facts, perceptual, progress, baseline, warm_up):
             f"(image_size does not apply); {blur}; lr warmed up over {warm_up} steps, then a "
             f"cosine decay. The unseen sample, blurred: PSNR {psnr:.2f} dB, SSIM {ssim:.4f}"
         )
-    if team.size > 1:
-        print(
-            f"torchrun: {team.size} processes, each with its own crops; their gradients are "
-            f"averaged, so a step learns from {team.size * cfg.batch_size} crops"
-        )
     else:
         print(
             f"Image: {cfg.image_path} at {cfg.image_size}x{cfg.image_size}, {blur}; blurred PSNR "
             f"{psnr:.2f} dB, SSIM {ssim:.4f}"
         )
-    network = "DeblurNet" if cfg.model == "deblurnet" else "U-Net"
+    if team.size > 1:
+        print(
+            f"torchrun: {team.size} processes, each with its own crops; their gradients are "
+            f"averaged, so a step learns from {team.size * cfg.batch_size} crops"
+        )
+    network = {"deblurnet": "DeblurNet", "unet": "U-Net", "resnet": "ResNet"}[cfg.model]
     if cfg.restore_from == "wiener":
         network += " on Wiener's deconvolution"
+    loss = f"{cfg.mse_weight}*{cfg.pixel_loss.upper()} + "
+    loss += f"{cfg.perceptual_weight if perceptual else 0}*VGG19 perceptual"
+    if cfg.adversarial_weight:
+        loss += f" + {cfg.adversarial_weight}*adversarial (least squares, a PatchGAN's scores)"
     print(
         f"Training the {network}, epochs {progress.epoch + 1} to {cfg.num_epochs}, AMP "
-        f"{str(amp)[6:]}, loss {cfg.mse_weight}*{cfg.pixel_loss.upper()} + "
-        f"{cfg.perceptual_weight if perceptual else 0}*VGG19 perceptual, lr {cfg.lr}"
+        f"{str(amp)[6:]}, loss {loss}, lr {cfg.lr}"
     )
     if amp == torch.float16 and processor.type == "cpu":
         note("float16 on a CPU is emulated and far slower than --amp_dtype auto")
     if amp == torch.bfloat16 and processor.type == "cpu" and not cpu_has_fast_bfloat16():
         note("this CPU has no bfloat16 in hardware: emulated, it is 2-21x slower than float32")
-
-
-def in_tiles(image, margin, stop, photo_path, core=512):
-    """--apply's tiles of an image, to bound the memory: yields (target, tile, inside): where a
-    tile's core of core x core pixels lies in the image, the tile with `margin` more pixels on
-    each side (a multiple of 8, so that a U-Net's poolings meet it as they meet the whole image),
-    and where the core lies in the tile. Says the size and the time to go; a stop request ends it
-    between tiles."""
-    margin = -(-margin // 8) * 8
-    height, width = image.shape[-2:]
-    corners = [(top, left) for top in range(0, height, core) for left in range(0, width, core)]
-    print(f"Deblurring {photo_path}: {width}x{height} pixels, in {len(corners)} tiles")
-    began = reported = perf_counter()
-    for done, (top, left) in enumerate(corners):
-        if stop.signum is not None:
-            raise Stopped(f"{signal_name(stop.signum)}: stopped; nothing was written", stop.signum)
-        up, back = max(top - margin, 0), max(left - margin, 0)
-        tile = image[..., up : top + core + margin, back : left + core + margin]
-        inside = (..., slice(top - up, top - up + core), slice(left - back, left - back + core))
-        yield (..., slice(top, top + core), slice(left, left + core)), tile, inside
-        now = perf_counter()
-        left_s = (now - began) / (done + 1) * (len(corners) - done - 1)
-        if done == 0 and left_s > 10:
-            print(f"The first tile took {now - began:.1f} s: about {hms(left_s)} to go")
-        elif now - reported > 10 and done + 1 < len(corners):
-            print(f"{done + 1} of {len(corners)} tiles, about {hms(left_s)} to go")
-            reported = now

@@ -45,6 +45,7 @@ TINY = {
     "mse_weight": 1.0,
     "pixel_loss": "mse",
     "perceptual_weight": 0.0,
+    "adversarial_weight": 0.0,
     "max_grad_norm": 1.0,
     "log_every": 2,
     "checkpoint_every": 1000,
@@ -310,6 +311,26 @@ def checkpoint_of(path):
     """The checkpoint at `path`, or in the folder `path`, read as a user's script would."""
     path = Path(path)
     return torch.load(path / "checkpoint.pt" if path.is_dir() else path, weights_only=True)
+
+
+def assert_resumed_as_uninterrupted(whole, split):
+    """The checkpoints of an uninterrupted run and of one stopped and resumed hold one training:
+    each logged epoch's losses (all but its time), the network's weights, and the adversarial
+    term's discriminator with its Adam's state, bit for bit."""
+
+    def untimed(row):  # a row: epoch, loss, MSE, perceptual, PSNR, seconds, then adversarial ones
+        return row[:5] + row[6:]
+
+    assert split["epoch"] == whole["epoch"]
+    logged = {row[0]: untimed(row) for row in split["history"]}  # the split run logged more
+    assert [logged[row[0]] for row in whole["history"]] == [untimed(r) for r in whole["history"]]
+    torch.testing.assert_close(split["model"], whole["model"], rtol=0, atol=0)
+    assert ("discriminator" in split) == ("discriminator" in whole)
+    if "discriminator" in whole:
+        judges = split["discriminator"], whole["discriminator"]
+        torch.testing.assert_close(*(judge["model"] for judge in judges), rtol=0, atol=0)
+        adams = (judge["optimizer"]["state"] for judge in judges)
+        torch.testing.assert_close(*adams, rtol=0, atol=0)
 
 
 def history(out):

@@ -13,7 +13,7 @@ from torch import nn
 
 import Deblur
 from blurs import blur_kernel
-from networks import DeblurNet, UNet
+from networks import DeblurNet
 from plumbing import files
 from plumbing.images import image_to_tensor, to_hwc
 
@@ -96,24 +96,31 @@ def unet_after_wiener(tmp_path_factory):
 
 
 def whole_photo_result(checkpoint, photo, kernel, noise):
-    """What the checkpoint's U-Net, after its Wiener step, makes of the whole photo at once."""
-    net = UNet(inputs=5).eval()  # Wiener's result, the noise map and the spread map
-    net.load_state_dict(checkpoint_of(checkpoint)["model"])
+    """What the checkpoint's network, after its Wiener step, makes of the whole photo at once."""
+    saved = checkpoint_of(checkpoint)
+    net = Deblur.MODELS[saved["settings"]["model"]](inputs=5).eval()  # Wiener's, noise, spread
+    net.load_state_dict(saved["model"])
     trained = SimpleNamespace(restore_from="wiener")
     image = image_to_tensor(Image.open(photo), "cpu")
     with torch.no_grad():
-        return to_hwc(net(Deblur.network_input(image, kernel, noise, trained))) * 255
+        # In half precision, as --apply keeps it: the random corrections below magnify its steps
+        described = Deblur.network_input(image, kernel, noise, trained).half().float()
+        return to_hwc(net(described)) * 255
 
 
+# The spread of random last weights that makes either network's correction about 0.6 (of [0, 1]):
+# the ResNet's features, added up over six blocks at full size, are a dozen times the U-Net's
+@pytest.mark.parametrize("model, spread", [("unet", 1.0), ("resnet", 0.08)])
 def test_apply_runs_the_checkpoints_own_network_after_its_first_step(
-    unet_after_wiener, tmp_path, capsys
+    unet_after_wiener, tmp_path, capsys, model, spread
 ):
     # A correction large enough to see, from every pixel the network reaches: random weights
     checkpoint = checkpoint_of(unet_after_wiener)
     torch.manual_seed(0)
-    random = UNet(inputs=5)
-    nn.init.normal_(random.last.weight, std=1.0)
+    random = Deblur.MODELS[model](inputs=5)
+    nn.init.normal_(random.last.weight, std=spread)
     checkpoint["model"] = random.state_dict()
+    checkpoint["settings"]["model"] = model
     torch.save(checkpoint, tmp_path / "visible.pt")
     photo = save_photo(tmp_path, "tall.png", size=(90, 600), seed=4)
     # float32 throughout, as the whole photo is computed below: the tiles, not the precision

@@ -13,14 +13,16 @@ from plumbing.command_line import parse_settings
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def test_auto_picks_float16_with_an_enabled_grad_scaler_on_cuda(tmp_path):
+def test_auto_picks_float16_with_enabled_grad_scalers_on_cuda(tmp_path):
     argv = ["--device", "cuda", "--amp_dtype", "auto", "--output_dir", str(tmp_path)]
+    argv += ["--adversarial_weight", "0.01"]  # the discriminator has a scaler of its own
     cfg, _ = parse_settings(Deblur.SETTINGS, Deblur.CHOICES, Deblur.__file__, argv)
     facts = Deblur.facts_of(cfg)
     net = Deblur.make_network(cfg.model, cfg.restore_from, cfg.seed, facts.processor)
-    vgg, optimizer, scaler = Deblur.make_training(cfg, net, None, facts)
+    vgg, optimizer, scaler, critic = Deblur.make_training(cfg, net, None, facts)
     assert facts.amp == torch.float16
     assert scaler.is_enabled()
+    assert critic.scaler.is_enabled() and critic.scaler is not scaler
     assert torch.backends.cuda.matmul.allow_tf32  # set_float32_matmul_precision("high")
 
 

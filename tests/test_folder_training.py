@@ -8,10 +8,19 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, checkpoint_of, png_bytes, run_deblur, save_photo, training_folder
+from conftest import (
+    ROOT,
+    assert_resumed_as_uninterrupted,
+    checkpoint_of,
+    png_bytes,
+    run_deblur,
+    save_photo,
+    training_folder,
+)
 from PIL import Image
 
 import Deblur
+from deconvolution import wiener_margin
 from plumbing import photo_folder
 from plumbing.progress import Progress
 
@@ -39,6 +48,7 @@ def test_a_folder_trains_on_crops_and_tests_on_two_unseen_images(folder, tmp_pat
     assert run(folder, tmp_path / "out", "--holdout_path", str(holdout), "--num_epochs", "6") == 0
     out = capsys.readouterr().out
     assert "random 16x16 crops of" in out and "image_size does not apply" in out
+    assert "Image: " not in out  # the one image's plan line
     assert "Neither image below was trained on" in out
     assert "leave out a 6-pixel border" in out  # Pillow's gaussian of radius 2: 13 pixels wide
     summary = [line for line in out.splitlines() if " | held out: PSNR" in line]
@@ -57,11 +67,16 @@ def test_a_folder_trains_on_crops_and_tests_on_two_unseen_images(folder, tmp_pat
     assert Image.open(tmp_path / "out" / "progress.gif").n_frames == 6  # epochs 1, 2, 5 and 6
 
 
-def test_a_resumed_folder_run_equals_an_uninterrupted_one(folder, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "network",
+    [("--model", "unet"), ("--model", "resnet", "--adversarial_weight", "0.01")],
+    ids=["unet", "resnet, adversarial"],
+)
+def test_a_resumed_folder_run_equals_an_uninterrupted_one(folder, tmp_path, monkeypatch, network):
     # Any blur with noise: the resumed run goes on drawing the same kernels and noise
-    unet_after_wiener = ("--model", "unet", "--restore_from", "wiener", "--num_epochs", "8")
-    unet_after_wiener += ("--blur_kind", "random", "--blur_radius", "3", "--noise_level", "4")
-    assert run(folder, tmp_path / "whole", *unet_after_wiener) == 0
+    after_wiener = (*network, "--restore_from", "wiener", "--num_epochs", "8")
+    after_wiener += ("--blur_kind", "random", "--blur_radius", "3", "--noise_level", "4")
+    assert run(folder, tmp_path / "whole", *after_wiener) == 0
     real_due = Progress.due
 
     def stopped_at_5(progress, epoch):  # as if SIGTERM came during epoch 5
@@ -70,16 +85,13 @@ def test_a_resumed_folder_run_equals_an_uninterrupted_one(folder, tmp_path, monk
         return real_due(progress, epoch)
 
     monkeypatch.setattr(Progress, "due", stopped_at_5)
-    assert run(folder, tmp_path / "split", *unet_after_wiener) == 128 + signal.SIGTERM
+    assert run(folder, tmp_path / "split", *after_wiener) == 128 + signal.SIGTERM
     monkeypatch.setattr(Progress, "due", real_due)
-    assert run(folder, tmp_path / "split", *unet_after_wiener, "--resume") == 0
+    assert run(folder, tmp_path / "split", *after_wiener, "--resume") == 0
     whole = checkpoint_of(tmp_path / "whole")
     split = checkpoint_of(tmp_path / "split")
-    assert split["settings"]["model"] == "unet" and split["settings"]["blur_kind"] == "random"
-    logged = {row[0]: row[:5] for row in split["history"]}  # the split run also logged epoch 5
-    assert [logged[row[0]] for row in whole["history"]] == [row[:5] for row in whole["history"]]
-    for name, tensor in whole["model"].items():
-        assert torch.equal(tensor, split["model"][name]), name
+    assert split["settings"]["model"] == network[1] and split["settings"]["blur_kind"] == "random"
+    assert_resumed_as_uninterrupted(whole, split)
     assert torch.equal(whole["crops_generator"], split["crops_generator"])
 
 
@@ -119,7 +131,7 @@ def folder_batches(photos, crop_size, batch_size, restore_from, kind="gaussian",
     cfg.__dict__.update(blur_kind=kind, blur_radius=radius, blur_angle=0.0, noise_level=0.0)
     width = Deblur.kernel_width(cfg)
     cpu = torch.device("cpu")
-    margin = Deblur.input_margin(cfg, width)
+    margin = wiener_margin(width) if cfg.restore_from == "wiener" else 0
     facts = Deblur.Facts(cpu, torch.float32, width, margin, width // 2 + margin, True)
     return Deblur.folder_batches(photos, cfg, facts, torch.Generator().manual_seed(0), None)
 

@@ -60,7 +60,7 @@ BAD_INPUTS = [
         "nothing to learn",
     ),
     ("unknown option", "photo", ["--epochs", "5"], "unrecognized arguments: --epochs 5"),
-    ("unknown model", "photo", ["--model", "resnet"], "--model: invalid choice: 'resnet' (choose"),
+    ("unknown model", "photo", ["--model", "vgg"], "--model: invalid choice: 'vgg' (choose"),
     (
         "unknown first step",
         "photo",

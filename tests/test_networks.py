@@ -1,9 +1,10 @@
-"""The networks: the original DeblurNet, layer by layer, and the U-Net."""
+"""The networks: the original DeblurNet, layer by layer, the U-Net, the ResNet and the
+adversarial term's discriminator."""
 
 import torch
 from torch import nn
 
-from networks import DeblurNet, UNet, local_mean
+from networks import MEAN_WINDOW, DeblurNet, PatchDiscriminator, ResNet, UNet, local_mean
 
 
 def test_layers_are_the_originals_seven_convolutions_with_tanh_between():
@@ -100,8 +101,58 @@ def test_unet_sees_reach_pixels_each_way_and_no_further():
     nn.init.normal_(net.last.weight)
     image = torch.rand(1, 3, 256, 8, requires_grad=True)
     assert furthest_seen(net.correction, image) == UNet.REACH
-    assert furthest_seen(net, image) == UNet.REACH + UNet.MEAN_WINDOW // 2
+    assert furthest_seen(net, image) == UNet.REACH + MEAN_WINDOW // 2
 
 
 def test_unet_parameter_count_is_318483():
     assert sum(p.numel() for p in UNet().parameters()) == 318_483
+
+
+def test_resnet_blocks_are_edsrs_conv_relu_conv_at_one_width_without_norm():
+    net = ResNet()
+    assert len(net.blocks) == 6
+    for block in net.blocks:
+        assert [type(layer) for layer in block] == [nn.Conv2d, nn.ReLU, nn.Conv2d]
+        assert [layer.weight.shape for layer in block[::2]] == [(32, 32, 3, 3)] * 2
+    assert sum(p.numel() for p in ResNet(inputs=5).parameters()) == 113_315
+
+
+def test_resnet_adds_each_blocks_output_to_its_input():
+    torch.manual_seed(0)
+    net = ResNet()
+    nn.init.normal_(net.last.weight)
+    image = torch.rand(1, 3, 20, 20)
+    for block in net.blocks:  # every block adds nothing: what is left is first then last
+        nn.init.zeros_(block[2].weight)
+        nn.init.zeros_(block[2].bias)
+    torch.testing.assert_close(net.correction(image), net.last(net.first(image)))
+
+
+def test_resnet_keeps_any_size_and_starts_as_its_input():
+    net = ResNet(inputs=5).eval()
+    for shape in ((1, 5, 37, 50), (2, 5, 8, 8)):
+        image = torch.rand(shape)
+        assert torch.equal(net(image), image[:, :3])  # its last convolution starts at zero
+
+
+def test_resnet_sees_reach_pixels_each_way_and_no_further():
+    torch.manual_seed(0)
+    net = ResNet()
+    nn.init.normal_(net.last.weight)
+    image = torch.rand(1, 3, 256, 8, requires_grad=True)
+    assert furthest_seen(net.correction, image) == ResNet.REACH == 14
+    assert furthest_seen(net, image) == ResNet.REACH + MEAN_WINDOW // 2
+
+
+def test_the_discriminator_scores_34_pixel_patches():
+    torch.manual_seed(0)
+    net = PatchDiscriminator()
+    assert [type(layer) for layer in net.main].count(nn.InstanceNorm2d) == 2
+    # Through its convolutions; the instance norms' means and spreads are the whole image's
+    net.main = nn.Sequential(*(layer for layer in net.main if type(layer) is not nn.InstanceNorm2d))
+    image = torch.rand(1, 3, 96, 96, requires_grad=True)
+    scores = net(image)
+    assert scores.shape == (1, 1, 22, 22)
+    (gradient,) = torch.autograd.grad(scores[0, 0, 10, 10], image)
+    rows = gradient.abs().sum(dim=(0, 1, 3)).nonzero().flatten()
+    assert rows.max().item() - rows.min().item() + 1 == 34

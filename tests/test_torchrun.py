@@ -25,7 +25,9 @@ import Deblur
 from plumbing.command_line import launcher
 from plumbing.job import StopRequest, stop_after_this_step
 
+# With the adversarial term: its discriminator is shared as the network is, and checkpointed
 FOLDER = ["--crop_size", "16", "--batch_size", "2", "--blur_radius", "2.0", "--log_every", "2"]
+FOLDER += ["--adversarial_weight", "0.01"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 # What a test run changes in Deblur, as the other tests' fixtures do in this process: the figures
 # only as 1x1 PNGs, and a small unseen sample in place of the shipped 512x600 one
@@ -119,7 +121,8 @@ def test_a_checkpoint_of_two_processes_resumes_and_applies_in_one(
         f"Resumed from {folder / 'out' / 'checkpoint.pt'} at epoch {epoch}"
         in capsys.readouterr().out
     )
-    assert checkpoint_of(tmp_path / "more")["epoch"] == epoch + 2
+    resumed = checkpoint_of(tmp_path / "more")
+    assert resumed["epoch"] == epoch + 2 and "discriminator" in resumed
     photo = save_photo(tmp_path, "photo.png", (40, 40), seed=3)
     assert apply_deblur(photo, tmp_path / "applied", tmp_path / "more" / "checkpoint.pt") == 0
     assert (tmp_path / "applied" / "photo_deblurred.png").exists()

@@ -96,7 +96,9 @@ def test_history_row_matches_the_log_line(photo_path, tmp_path, capsys):
     assert run_deblur(photo_path, tmp_path) == 0
     line = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Epoch 4,")][0]
     row = history(tmp_path)[-1]
+    # At adversarial_weight 0 (TINY's), nothing of the term: no column, no words, no discriminator
     assert list(row) == ["epoch", "total", "mse", "perceptual", "psnr", "seconds"]
+    assert "Adversarial" not in line and "discriminator" not in checkpoint_of(tmp_path)
     assert f"Total Loss: {float(row['total']):.6f}" in line
     assert f"PSNR: {float(row['psnr']):.2f} dB" in line
 
@@ -326,7 +328,7 @@ def test_on_apples_mps_neither_adam_nor_clipping_asks_for_multi_tensor_kernels(
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", as_on_mps)
     facts = facts._replace(processor=torch.device("cpu"))  # MPS's constraints, on the CPU
     net = Deblur.make_network(cfg.model, cfg.restore_from, cfg.seed, facts.processor)
-    _, adam, scaler = Deblur.make_training(cfg, net, None, facts)
+    _, adam, scaler, _ = Deblur.make_training(cfg, net, None, facts)
     assert not adam.defaults["fused"]
     batch = next(
         Deblur.image_batches(
