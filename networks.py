@@ -134,9 +134,9 @@ class ResNet(Correcting):
     3x3 convolution back to 3 channels, whose weights start at zero; and, as the U-Net, the input
     added to the whole and the correction's local mean taken away. 113,315 parameters (with 5
     inputs). Fourteen 3x3 convolutions: a pixel of the correction sees 29x29 input pixels (REACH
-    14 each way, tested), less than the U-Net's 105 for twice its time a step: its depth is all
-    at full size, where the U-Net spends most of its convolutions at a half, a quarter and an
-    eighth of it.
+    14 each way, tested), less than the U-Net's 105, and a step of fresh weights costs about three
+    of the U-Net's (docs/method.md): its depth is all at full size, where the U-Net spends most of
+    its convolutions at a half, a quarter and an eighth of it.
     """
 
     REACH = 14  # 1 + 2 a block + 1: a pixel of the correction sees 14 pixels each way
