@@ -274,10 +274,13 @@ def training_step(cfg, net, vgg, optimizer, scaler, batch, facts, critic=None):
     # The network's loss: pixels and VGG19 features, and its patches' scores pushed towards 1
     with mixed_precision(facts):
         loss, mse, perceptual = losses(cfg, vgg, restored, sharp, target_maps)
-        if critic:  # (the discriminator's gradients from this are cleared at its next step)
-            adversarial = adversarial_loss(itself(critic.net)(restored), 1)
+        if critic:  # the judge's weights are not this step's to change: no gradient for them
+            judge = itself(critic.net).requires_grad_(False)
+            adversarial = adversarial_loss(judge(restored), 1)
             loss = loss + cfg.adversarial_weight * adversarial
     descend(loss, net, optimizer, scaler, cfg, facts)
+    if critic:
+        judge.requires_grad_(True)
     return (loss, mse, perceptual, adversarial, told_apart) if critic else (loss, mse, perceptual)
 
 

@@ -79,6 +79,9 @@ def test_the_discriminator_learns_sharp_as_1_and_restored_as_0_and_the_network_a
     assert adversarial == pytest.approx((0.2 - 1) ** 2)  # the network's patches aim at 1
     assert told_apart == pytest.approx((0.8 - 1) ** 2 + 0.2**2)  # sharp ones at 1, restored at 0
     assert loss == pytest.approx(mse + 0.5 * adversarial)
+    # The judge's gradient is its own step's alone: the network's step leaves its weights be
+    own = 2 * (0.8 - 1) * 0.8 + 2 * 0.2 * 0.2  # d/dw of the two squared distances, each colour
+    torch.testing.assert_close(judge.weight.grad, torch.full_like(judge.weight, own))
 
 
 def test_a_run_with_the_term_is_not_resumed_without_it(adversarial_checkpoint, tmp_path, capsys):
