@@ -27,10 +27,10 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import any_blur  # noqa: E402
 import bench_train  # noqa: E402
 
 import Deblur  # noqa: E402
-from plumbing.checkpoint_fields import trained_settings  # noqa: E402
 from plumbing.command_line import FOLDER_QUICK_LOOK  # noqa: E402
 from plumbing.images import to_hwc  # noqa: E402
 from plumbing.photo_folder import read_image_folder  # noqa: E402
@@ -88,11 +88,7 @@ def measured(runs):
     """{photo: {method: (PSNR, SSIM, sharpness, image)}}, the baselines' from the first run's."""
     found = {photo: {} for photo in PHOTOS}
     for number, (run, (method, _)) in enumerate(runs.items()):
-        path = RUNS / run / "checkpoint.pt"
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        trained = trained_settings(checkpoint, path, Deblur.CHOICES)
-        net = Deblur.make_network(trained.model, trained.restore_from, 0, "cpu").eval()
-        net.load_state_dict(checkpoint["model"])
+        net, trained = any_blur.load_network(RUNS / run / "checkpoint.pt")
         draws = torch.Generator().manual_seed(Deblur.TEST_DRAWS)
         for photo, photo_path in PHOTOS.items():
             pair = Deblur.load_image_pair(photo_path, None, trained, draws)

@@ -26,6 +26,8 @@ BEFORE_IT_EXISTED = {"blur_kind": "gaussian", "blur_angle": 0.0, "noise_level": 
 # The numbers a run can have trained with, as the command line checks them
 RANGES = {"image_size": (16, 4096), "blur_radius": (0, 682), "noise_level": (0, 64)}
 RANGES["blur_angle"] = (-math.inf, math.inf)
+# Each network's first layer, by which a checkpoint that does not say its network is known
+FIRST_LAYERS = {"unet": "down1.0.weight", "resnet": "first.weight", "deblurnet": "main.0.weight"}
 
 
 def well_formed(checkpoint):
@@ -93,9 +95,11 @@ def trained_settings(checkpoint, path, choices):
             f"{path} was trained after an earlier Wiener step, which Deblur no longer computes "
             f"(its balance now follows the noise and the kernel); train it afresh"
         )
-    first = checkpoint["model"].get("down1.0.weight", checkpoint["model"].get("main.0.weight"))
+    weights = checkpoint["model"]
+    model = next((name for name, key in FIRST_LAYERS.items() if key in weights), "deblurnet")
+    first = weights.get(FIRST_LAYERS[model])
     told = {
-        "model": "unet" if "down1.0.weight" in checkpoint["model"] else "deblurnet",
+        "model": model,
         "restore_from": "wiener" if first is not None and first.shape[1] == 5 else "blurred",
     }
     values = {}

@@ -209,10 +209,11 @@ def test_a_hand_edited_setting_in_a_checkpoint_is_refused_in_one_line(
     assert not (tmp_path / "resumed").exists() and not (tmp_path / "applied").exists()
 
 
+@pytest.mark.parametrize("model", ["unet", "resnet"])
 def test_a_checkpoint_that_does_not_say_its_network_is_known_by_its_weights(
-    photo_path, tmp_path, capsys
+    photo_path, tmp_path, capsys, model
 ):
-    unet = ("--model", "unet", "--restore_from", "wiener", "--num_epochs", "1")
+    unet = ("--model", model, "--restore_from", "wiener", "--num_epochs", "1")
     assert run_deblur(photo_path, tmp_path, *unet) == 0
     checkpoint = checkpoint_of(tmp_path)
     del checkpoint["settings"]["model"], checkpoint["settings"]["restore_from"]
