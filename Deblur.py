@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from blurs import BLUR_KINDS, Pair, blur, blur_kernel, described, drawn, kernel_width, photographed
 from deconvolution import estimated_noise, wiener, wiener_balance, wiener_margin
+from kernel_estimation import blind_kernel
 from networks import DeblurNet, PatchDiscriminator, ResNet, UNet
 from PerceptualLoss import load_vgg19_loss
 from plumbing.checkpoints import (
@@ -46,7 +47,7 @@ from plumbing.images import (
     read_rgb_image,
     read_sharp,
 )
-from plumbing.job import report_outcome, run_job
+from plumbing.job import report_outcome, run_job, stop_point
 from plumbing.kernel_file import read_kernel
 from plumbing.photo_folder import training_photos
 from plumbing.processes import Team, itself, join, this_process, together
@@ -84,6 +85,7 @@ output_dir = "."  # where results, history.csv and checkpoint.pt are written (cr
 resume = ""  # '' starts afresh; auto (or a bare --resume): output_dir/checkpoint.pt; or a path
 apply = ""  # a photo to deblur with the network in --resume's checkpoint, instead of training
 kernel = ""  # --apply: the photo's measured blur kernel, a grayscale image or a .npy array
+kernel_size = 31  # --apply without a kernel: the widest blur it estimates, in pixels (5 to 101)
 # ----
 SETTINGS = settings_in(globals())
 
@@ -134,9 +136,8 @@ def losses(cfg, vgg, restored, sharp, target_maps):
 
 
 def adversarial_loss(scores, target):
-    """Least squares (LSGAN): the scores' squared distance to `target` (1: sharp, 0: restored). Its
-    gradient grows with the distance, where a GAN's log loss flattens out for patches easy to tell
-    apart; and no log of a probability can overflow in float16."""
+    """Least squares (LSGAN): the scores' squared distance to `target` (1: sharp, 0: restored),
+    whose gradient grows with it (a log loss flattens) and cannot overflow in float16."""
     return ((scores - target) ** 2).mean()
 
 
@@ -298,8 +299,7 @@ def descend(loss, net, optimizer, scaler, cfg, facts):
 
 
 def train(cfg, net, vgg, optimizer, scaler, batches, progress, facts, critic=None):
-    """Trains epochs progress.epoch + 1 .. num_epochs on (network input, sharp, VGG19 targets)
-    batches; returns 'done', 'stopped' or 'diverged'."""
+    """Trains epochs progress.epoch + 1 .. num_epochs; returns 'done', 'stopped' or 'diverged'."""
     progress.start()
     last_good = deepcopy(net.state_dict())  # a diverged run's results: the last finite weights
     outcome = "done"
@@ -325,8 +325,7 @@ def train(cfg, net, vgg, optimizer, scaler, batches, progress, facts, critic=Non
 
 # ---- Results: the network against the blurred input and the classical deconvolutions
 def evaluate(net, setting, pair, cfg):
-    """The comparison's Row for the test image of `setting`: the network beside the blurred input
-    and the deconvolutions with its known kernel (results.compared)."""
+    """The Row of the test image of `setting`: the network beside the baselines (results.py)."""
     with torch.no_grad():
         restored = net(network_input(pair.blurred, pair.kernel, pair.noise, cfg)).float()
     return compared(setting, pair, restored)
@@ -334,8 +333,7 @@ def evaluate(net, setting, pair, cfg):
 
 # ---- The job
 UNSEEN_SAMPLE = "data/sample.jpg"  # a folder's network is tested on it, and on holdout_path
-# The test images' random blurs and noise come from a generator of their own, seeded past every
-# seed a training run can have: no test kernel is ever a training one
+# The test images' blurs and noise: a generator seeded past every training seed: no training kernel
 TEST_DRAWS = 2**32 + 2026
 CHOICES = {
     "model": tuple(MODELS),
@@ -420,15 +418,18 @@ def apply_to_photo(cfg, given, stop):
     path, checkpoint, trained = read_checkpoint(cfg, CHOICES)
     net = make_network(trained.model, trained.restore_from, 0, facts.processor).eval()
     load_weights(net, path, checkpoint)
-    undone = blur_to_undo(cfg, given, trained, path)  # what it was trained for, or the photo's
-    kernel = measured if undone == "measured" else blur_kernel(*undone) if undone else None
-    noise = cfg.noise_level  # given, or needed by no Wiener step
+    undone = blur_to_undo(cfg, given, trained, path)  # trained for, named, measured or estimated
+    kernel = measured if undone == "measured" else None
+    kernel = blur_kernel(*undone) if isinstance(undone, tuple) else kernel  # (kind, radius, angle)
     if kernel is not None:
         check_blur_fits(kernel, blurred, "apply")
+    noise = cfg.noise_level  # given, or needed by no Wiener step
     if trained.restore_from == "wiener" and "noise_level" not in given:
         noise = estimated_noise(blurred)
         note(f"estimated the photo's noise at {noise:.2f} 8-bit steps (--noise_level sets it)")
     with photo_output(cfg, photo_path, blurred.shape[-2:]) as target:  # never a user's file
+        if undone == "estimated":  # from the photo itself, saved beside the result
+            kernel = blind_kernel(blurred, noise, cfg, partial(stop_point, stop), photo_path)
         # Wiener on the whole photo at once, kept in half precision (within 1/16 of an 8-bit
         # step); then the network, a tile at a time (tiles.py): memory for a few copies of it
         described_photo = network_input(blurred, kernel, noise, trained).half()

@@ -11,6 +11,11 @@ import torch
 from plumbing.errors import DeblurError
 
 CHECKPOINT_KEYS = ("model", "optimizer", "scaler", "settings", "epoch", "elapsed", "history")
+# A model as Deblur ships one (model/): the network's weights and the problem it was trained on
+WEIGHTS_KEYS = ("model", "settings")
+# ... and for reading it as a checkpoint, a training that never began
+WEIGHTS_ONLY = {"optimizer": {"state": {}, "param_groups": []}, "scaler": {}, "epoch": 0}
+WEIGHTS_ONLY |= {"elapsed": 0.0, "history": []}
 GENERATOR_STATE_SHAPE = (
     torch.Generator().get_state().shape
 )  # the state of a folder's crops' generator

@@ -7,11 +7,20 @@ from pathlib import Path
 
 import torch
 
-from plumbing.checkpoint_fields import CHECKPOINT_KEYS, PROBLEM, trained_settings, well_formed
+from plumbing.checkpoint_fields import (
+    CHECKPOINT_KEYS,
+    PROBLEM,
+    WEIGHTS_KEYS,
+    WEIGHTS_ONLY,
+    trained_settings,
+    well_formed,
+)
 from plumbing.command_line import BLUR_SETTINGS, DERIVED
 from plumbing.errors import DeblurError, note
 from plumbing.files import CHECKPOINT, atomic_path, file_digest, first_free_name, name_checked
 from plumbing.processes import itself
+
+SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "model" / "any_blur.pt"
 
 
 def save_checkpoint(path, net, optimizer, scaler, progress):
@@ -44,9 +53,18 @@ def save_checkpoint(path, net, optimizer, scaler, progress):
 
 
 def checkpoint_path(cfg):
-    if cfg.resume in ("", "auto"):
-        return name_checked(Path(cfg.output_dir) / CHECKPOINT, "output_dir")
-    return name_checked(Path(cfg.resume), "resume")
+    """--resume's path; for --apply without --resume and without output_dir/checkpoint.pt, the
+    model that ships with Deblur."""
+    if cfg.resume not in ("", "auto"):
+        return name_checked(Path(cfg.resume), "resume")
+    own = name_checked(Path(cfg.output_dir) / CHECKPOINT, "output_dir")
+    if cfg.apply and not cfg.resume and not own.exists():
+        note(
+            f"no {own}: using the model that ships with Deblur, {SHIPPED_MODEL.name}, trained "
+            f"for any blur (--resume PATH uses another)"
+        )
+        return SHIPPED_MODEL
+    return own
 
 
 def read_checkpoint(cfg, choices):
@@ -69,9 +87,16 @@ def read_checkpoint(cfg, choices):
     )
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-        checkpoint = {key: loaded[key] for key in CHECKPOINT_KEYS}
+        weights_only = set(loaded) == set(WEIGHTS_KEYS)  # a model as Deblur ships one
+        checkpoint = {key: loaded[key] for key in WEIGHTS_KEYS}
+        checkpoint.update(WEIGHTS_ONLY if weights_only else {k: loaded[k] for k in CHECKPOINT_KEYS})
     except Exception:  # noqa: BLE001 (whatever torch.load or a missing key raises: not ours)
         raise not_ours from None
+    if weights_only and not cfg.apply:
+        raise DeblurError(
+            f"{path} holds a network's weights only, as a shipped model does: --apply can use "
+            f"it, but training cannot continue from it; start afresh"
+        )
     checkpoint["image_digest"] = loaded.get("image_digest", "")  # before photos were listed
     checkpoint["photos"] = loaded.get("photos")  # {name: SHA-256}
     checkpoint["crops_generator"] = loaded.get("crops_generator")
@@ -213,9 +238,10 @@ def restore_critic(cfg, path, saved, critic, epoch):
 def blur_to_undo(cfg, given, trained, path):
     """What --apply undoes with a checkpoint: the blur a fixed-blur one was trained on, as
     (kind, radius, angle), a blur it was not trained on refused; for one trained on any blur, the
-    photo's, as the user names it: "measured" (--kernel) or (kind, radius, angle); for a blind
-    one, None. `given`: the settings the command line names."""
-    named = given & set(BLUR_SETTINGS)
+    photo's: "measured" (--kernel), (kind, radius, angle) as the user names it, or "estimated"
+    from the photo when nothing names it; for a blind one, None. `given`: the settings the
+    command line names."""
+    named = given & set(BLUR_SETTINGS)  # kernel_size is read only when a kernel is estimated
     if trained.blur_kind != "random":
         own = f"{trained.blur_kind} blur of radius {trained.blur_radius}"
         if cfg.kernel or any(getattr(cfg, name) != getattr(trained, name) for name in named):
@@ -234,8 +260,4 @@ def blur_to_undo(cfg, given, trained, path):
         return "measured"
     if named and cfg.blur_kind != "random":
         return cfg.blur_kind, cfg.blur_radius, cfg.blur_angle
-    raise DeblurError(
-        f"{path} undoes any blur, but must be told the photo's: pass --kernel PSF.png (its "
-        f"measured kernel), or --blur_kind motion --blur_radius 6 --blur_angle 20 (or gaussian, "
-        f"defocus, box)"
-    )
+    return "estimated"

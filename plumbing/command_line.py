@@ -99,6 +99,8 @@ def check_settings(cfg, given):
         refuse("image_size", cfg.image_size, "must be between 16 and 4096 pixels")
     if cfg.blur_radius > 682:  # a larger gaussian's kernel is wider than the largest image
         refuse("blur_radius", cfg.blur_radius, "must be at most 682 pixels")
+    if not 5 <= cfg.kernel_size <= 101:  # smaller is no blur to estimate; larger, hours
+        refuse("kernel_size", cfg.kernel_size, "must be between 5 and 101 pixels")
     if not 0 <= cfg.seed < 2**32:
         refuse("seed", cfg.seed, "must be between 0 and 4294967295")
     for name in POSITIVE:

@@ -251,13 +251,19 @@ def first_free_name(path):
 def photo_output(cfg, photo_path, size):
     """--apply's output: yields output_dir/<name>_deblurred.png, or the first free
     <name>_deblurred.N.png (a file the user has is never replaced), with output_dir locked and
-    room for a PNG of the photo's raw size, (height, width); says where it went."""
+    room for a PNG of the photo's raw size, (height, width), and a kernel's; says where it went."""
     out = Path(cfg.output_dir)
     height, width = size
     with locked_output_dir(out, [], 4 * width * height + 2**20, outputs=()):
-        wanted = out / f"{shortened(photo_path.stem, 200)}_deblurred.png"
-        target = first_free_name(wanted)
-        if target != wanted:
-            note(f"{wanted.name} exists already and is kept; writing {target.name}")
+        target = free_output_name(out, photo_path, "deblurred")
         yield target
     print(f"Deblurred {photo_path} at its own size, {width}x{height}: {target}")
+
+
+def free_output_name(out, photo_path, what):
+    """out/<the photo's name>_<what>.png, or the first free <name>_<what>.N.png, said."""
+    wanted = out / f"{shortened(photo_path.stem, 200)}_{what}.png"
+    target = first_free_name(wanted)
+    if target != wanted:
+        note(f"{wanted.name} exists already and is kept; writing {target.name}")
+    return target

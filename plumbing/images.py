@@ -133,6 +133,20 @@ def check_blur_fits(kernel, image, setting):
         )
 
 
+ESTIMATION_MARGIN = 3  # a blur is estimated from a photo at least this many kernels wide
+
+
+def check_photo_fits_estimation(photo, width):
+    """A blur is told by the edges it smears: a photo a few kernels wide has too few of them."""
+    height, breadth = photo.shape[-2:]
+    if min(height, breadth) < ESTIMATION_MARGIN * width:
+        raise DeblurError(
+            f"the {breadth}x{height} photo is too small to estimate a blur up to {width} pixels "
+            f"wide from (it needs {ESTIMATION_MARGIN * width} pixels a side); pass a smaller "
+            f"--kernel_size, or the photo's measured --kernel"
+        )
+
+
 def image_to_tensor(image, processor, dtype=torch.float32):
     """(1, 3, H, W) in [0, 1], channels_last: the layout oneDNN and cuDNN convolve best. Made from
     the 8-bit pixels in place: one copy in `dtype` (--apply keeps a large photo in float16)."""

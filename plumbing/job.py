@@ -33,6 +33,12 @@ def signal_name(signum):
     return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
 
 
+def stop_point(stop):
+    """Where a job may stop on request, before it has written anything: raises Stopped if asked."""
+    if stop.signum is not None:
+        raise Stopped(f"{signal_name(stop.signum)}: stopped; nothing was written", stop.signum)
+
+
 def stop_after_this_step(stop):
     """A signal handler: the first Ctrl-C, SIGTERM or SIGHUP asks the job to stop at the next safe
     point (after this training step, between two strips); a second one quits at once. Not under

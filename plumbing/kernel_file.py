@@ -1,5 +1,5 @@
-"""Reading a measured blur kernel (--kernel): an image or a NumPy array, checked and normalised.
-What a kernel does is blurs.py's.
+"""Reading a measured blur kernel (--kernel): an image or a NumPy array, checked and normalised;
+and saving an estimated one so that --kernel reads it back. What a kernel does is blurs.py's.
 """
 
 from pathlib import Path
@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from plumbing.errors import DeblurError, note
-from plumbing.files import name_checked
+from plumbing.files import free_output_name, name_checked, save_image
 
 KERNEL_MOST = 255  # pixels a side of a measured blur kernel: more is background, not blur
 
@@ -70,3 +70,13 @@ def kernel_image(path):
         ) from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DeblurError(f"cannot read --kernel {path}: {e}") from None
+
+
+def save_kernel(kernel, output_dir, photo_path):
+    """An estimated kernel as output_dir/<photo>_kernel.png (or the first free name: a user's file
+    is never replaced), a 16-bit grayscale PNG with its peak white: a picture of the blur, and a
+    file that --kernel reads back (within 1/65535 of its peak). Returns its path."""
+    path = free_output_name(Path(output_dir), photo_path, "kernel")
+    levels = np.round(kernel / kernel.max() * 65535).astype(np.uint16)
+    save_image(Image.fromarray(levels), path, "PNG")
+    return path

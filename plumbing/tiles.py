@@ -6,9 +6,8 @@ from time import perf_counter
 
 import torch
 
-from plumbing.errors import Stopped
 from plumbing.images import as_8_bits
-from plumbing.job import signal_name
+from plumbing.job import stop_point
 from plumbing.progress import hms
 
 
@@ -24,8 +23,7 @@ def in_tiles(image, margin, stop, photo_path, core=512):
     print(f"Deblurring {photo_path}: {width}x{height} pixels, in {len(corners)} tiles")
     began = reported = perf_counter()
     for done, (top, left) in enumerate(corners):
-        if stop.signum is not None:
-            raise Stopped(f"{signal_name(stop.signum)}: stopped; nothing was written", stop.signum)
+        stop_point(stop)
         up, back = max(top - margin, 0), max(left - margin, 0)
         tile = image[..., up : top + core + margin, back : left + core + margin]
         inside = (..., slice(top - up, top - up + core), slice(left - back, left - back + core))

@@ -59,6 +59,7 @@ TINY = {
     "resume": "",
     "apply": "",
     "kernel": "",
+    "kernel_size": 31,
 }
 
 # For float16 and bfloat16 on a CPU, which emulates them slowly (without bfloat16 in hardware):

@@ -51,6 +51,7 @@ SHIPPED = {
     "resume": "",
     "apply": "",
     "kernel": "",
+    "kernel_size": 31,
 }
 
 
@@ -162,6 +163,8 @@ def test_every_blur_kind_on_the_command_line_has_a_kernel_and_no_other_does():
         (["--blur_kind", "random", "--blur_radius", "0.5"], "--blur_radius must be at least 1"),
         (["--kernel", "psf.png"], "--kernel psf.png names the blur of a photo to --apply"),
         (["--apply", "a.jpg", "--kernel", "k.png", "--blur_kind", "box"], "--kernel and --blur"),
+        (["--kernel_size", "3"], "--kernel_size must be between 5 and 101"),
+        (["--kernel_size", "102"], "--kernel_size must be between 5 and 101"),
     ],
     ids=lambda value: " ".join(value) if isinstance(value, list) else value,
 )

@@ -1,0 +1,145 @@
+"""The lesson of blind deblurring: how much of what the true kernel gains the estimated one keeps,
+on photos neither trained on nor shipped in data/ (scikit-image's), each blurred by camera shakes
+of 3 to 15 pixels' reach (7 to 31 px wide) drawn by a generator no training run uses, with noise
+of 1 to 3 8-bit steps, 8 bits, edges replicated.
+
+    python benchmarks/blind.py                                   # the shipped model
+    python benchmarks/blind.py --checkpoint runs/any/checkpoint.pt --blind runs/blind/checkpoint.pt
+
+For each photo and shake: PSNR of the blurred input, and the gain over it of the any-blur network
+with the true kernel, with the estimated one (kernel_estimation.py, as --apply does it, its doubt
+included: no blur undone where the photo's edges are too faint), and of Wiener with the estimated
+kernel; with --blind, a blind network's. PSNR is aligned up to 3 pixels' shift and leaves out an
+18-pixel border, as blind-deblurring papers measure (an estimated kernel may sit a pixel off);
+the kernel error is |estimated - true| / |true| at their best shift; the seconds are the
+estimate's. The means at the end are over every photo and shake.
+"""
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import skimage
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import Deblur  # noqa: E402
+from blurs import blur, camera_shake, photographed  # noqa: E402
+from deconvolution import estimated_noise, wiener, wiener_balance  # noqa: E402
+from kernel_estimation import estimate_kernel  # noqa: E402
+from plumbing.checkpoint_fields import trained_settings  # noqa: E402
+from plumbing.checkpoints import SHIPPED_MODEL  # noqa: E402
+from plumbing.images import image_to_tensor  # noqa: E402
+
+SHAKES = 2**32 + 78  # the validation generator of any_blur.py: no training run draws from it
+SKIMAGE = Path(skimage.__file__).parent / "data"
+PHOTOS = ("ihc", "motorcycle_left", "coins", "page", "moon", "cell")  # none in data/
+REACHES = (3, 5, 7, 9, 11, 13, 15)  # pixels from the kernel's centre: 7 to 31 px wide
+WIDTH = 31  # the kernels' square, and the width estimated
+LONGEST = 400  # photos are scaled to at most this many pixels a side
+
+
+def load_network(path):
+    """The network of a checkpoint or a shipped model, and its settings."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    trained = trained_settings(checkpoint, path, Deblur.CHOICES)
+    net = Deblur.make_network(trained.model, trained.restore_from, 0, torch.device("cpu"))
+    net.load_state_dict(checkpoint["model"])
+    return net.eval(), trained
+
+
+def restored(net, trained, blurred, kernel, noise):
+    with torch.no_grad():
+        return net(Deblur.network_input(blurred, kernel, noise, trained)).float().clamp(0, 1)
+
+
+def psnr_aligned(image, sharp, border=18, most=3):
+    """PSNR against the sharp image at the best shift of up to `most` pixels."""
+    height, width = sharp.shape[-2:]
+    inner = sharp[..., border : height - border, border : width - border]
+    best = math.inf
+    for rows in range(-most, most + 1):
+        for columns in range(-most, most + 1):
+            moved = image[..., border + rows : height - border + rows, :]
+            moved = moved[..., border + columns : width - border + columns]
+            best = min(best, float((moved - inner).square().mean()))
+    return -10 * math.log10(max(best, 1e-12))
+
+
+def kernel_error(estimated, truth):
+    """|estimated - true| / |true| at their best shift (both on a WIDTH square)."""
+    estimated, truth = torch.as_tensor(estimated), torch.as_tensor(truth)
+    shifts = [(rows, columns) for rows in range(-3, 4) for columns in range(-3, 4)]
+    return min(float((estimated.roll(shift, (0, 1)) - truth).norm()) for shift in shifts) / float(
+        truth.norm()
+    )
+
+
+def photo(name):
+    image = Image.open(SKIMAGE / f"{name}.png").convert("RGB")
+    scale = min(LONGEST / max(image.size), 1)
+    size = (round(image.width * scale), round(image.height * scale))
+    return image_to_tensor(image.resize(size, Image.LANCZOS), "cpu")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default=str(SHIPPED_MODEL), help="an any-blur network")
+    parser.add_argument("--blind", help="a blind checkpoint (--restore_from blurred), to compare")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    net, trained = load_network(args.checkpoint)
+    blind = load_network(args.blind) if args.blind else None
+    generator = torch.Generator().manual_seed(SHAKES)
+    rows = []
+    print(
+        "photo            reach  noise  blurred  true k  estimated  Wiener est  blind  k error  s"
+    )
+    for name in PHOTOS:
+        sharp = photo(name)
+        for reach in REACHES:
+            truth = camera_shake(reach, WIDTH // 2, generator)
+            noise = 1 + 2 * float(torch.rand((), generator=generator))
+            blurred = photographed(blur(sharp, truth), noise, generator)
+            began = time.perf_counter()
+            told = estimated_noise(blurred)  # as --apply, which is not told the noise
+            kernel, doubt = estimate_kernel(blurred, WIDTH, told, say=lambda line: None)
+            seconds = time.perf_counter() - began
+            kernel = np.ones((1, 1)) if doubt else kernel
+            base = psnr_aligned(blurred, sharp)
+            gains = [
+                psnr_aligned(restored(net, trained, blurred, truth, noise), sharp) - base,
+                psnr_aligned(restored(net, trained, blurred, kernel, told), sharp) - base,
+                psnr_aligned(wiener(blurred, kernel, wiener_balance(kernel, told)), sharp) - base,
+                psnr_aligned(restored(*blind, blurred, None, 0), sharp) - base if blind else 0,
+            ]
+            error = 1.0 if doubt else kernel_error(kernel, truth)
+            rows.append((name, reach, noise, base, *gains, error, seconds))
+            print(
+                f"{name:16s} {reach:5d} {noise:6.2f} {base:8.2f} {gains[0]:+7.2f} "
+                f"{gains[1]:+10.2f} {gains[2]:+11.2f} {gains[3]:+6.2f} {error:8.2f} {seconds:4.1f}"
+                + ("  (no blur undone: edges too faint)" if doubt else ""),
+                flush=True,
+            )
+    means = [statistics.mean(row[column] for row in rows) for column in range(3, 10)]
+    print(
+        f"{'mean':16s} {'':5s} {'':6s} {means[0]:8.2f} {means[1]:+7.2f} {means[2]:+10.2f} "
+        f"{means[3]:+11.2f} {means[4]:+6.2f} {means[5]:8.2f} {means[6]:4.1f}"
+    )
+    below = sum(row[5] < 0 for row in rows)
+    print(
+        f"The estimated kernel keeps {means[2] / means[1]:.0%} of the true kernel's gain; "
+        f"{below} of {len(rows)} results end below their blurred input "
+        f"(worst {min(row[5] for row in rows):+.2f} dB)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Blind --apply: the blur of a photo no one measured, estimated from it (kernel_estimation.py),
+saved beside the result and said, then undone by the any-blur network; a photo whose edges cannot
+tell a blur is left nearly as it is; the model that ships with Deblur does it on a fresh clone."""
+
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+from conftest import apply_deblur, digests, run_deblur, save_photo
+from PIL import Image
+
+import Deblur
+import kernel_estimation
+from blurs import blur, blur_kernel, photographed
+from kernel_estimation import centred, cleaned, estimate_kernel
+from plumbing.checkpoints import SHIPPED_MODEL
+from plumbing.images import image_to_tensor
+from plumbing.kernel_file import read_kernel
+
+
+def shapes_photo(size=96, seed=0):
+    """A grey photo of overlapping rectangles: edges in every direction, nothing periodic."""
+    rng = np.random.default_rng(seed)
+    pixels = np.full((size, size), 0.5)
+    for _ in range(40):
+        top, left = rng.integers(0, size - 8, 2)
+        height, width = rng.integers(6, size // 3, 2)
+        pixels[top : top + height, left : left + width] = rng.uniform(0.1, 0.9)
+    grey = (pixels * 255).round().astype(np.uint8)
+    return Image.fromarray(np.stack([grey] * 3, axis=-1), "RGB")
+
+
+def blurred_photo(kernel, noise=0.5, size=96):
+    """shapes_photo blurred by `kernel`, with noise, in 8 bits, as a (1, 3, H, W) tensor."""
+    sharp = image_to_tensor(shapes_photo(size), "cpu")
+    return photographed(blur(sharp, kernel), noise, torch.Generator().manual_seed(0))
+
+
+def similarity(first, second):
+    """The normalised correlation of two kernels of one size, at their best shift of up to 2 px."""
+    first, second = torch.as_tensor(first), torch.as_tensor(second)
+    shifts = [(rows, columns) for rows in range(-2, 3) for columns in range(-2, 3)]
+    products = [float((first * second.roll(shift, (0, 1))).sum()) for shift in shifts]
+    return max(products) / float(first.norm() * second.norm())
+
+
+def test_the_estimated_kernel_is_the_photos_blur():
+    truth = np.pad(blur_kernel("motion", 3.0, 30.0), 2)  # a 7-px line, on a 11 x 11 square
+    kernel, doubt = estimate_kernel(blurred_photo(truth), 11, 0.5, say=lambda line: None)
+    assert doubt is None and kernel.shape == (11, 11)
+    assert similarity(kernel, truth) > 0.8  # a line at another angle: about 0.3
+    assert similarity(kernel, np.pad(blur_kernel("motion", 3.0, 120.0), 2)) < 0.6
+    # Non-negative, summing to 1, its centroid its middle pixel: the photo does not shift
+    assert kernel.min() >= 0 and kernel.sum() == pytest.approx(1.0)
+    rows, columns = np.mgrid[:11, :11]
+    assert abs((kernel * rows).sum() - 5) <= 0.5 and abs((kernel * columns).sum() - 5) <= 0.5
+
+
+def test_the_estimate_says_its_progress_scale_by_scale():
+    said = []
+    estimate_kernel(blurred_photo(np.ones((1, 1))), 15, 0.5, say=said.append)
+    scales = len(said)  # 15, 11, 9, 7 and 5 pixels wide
+    assert said[0].startswith(f"Estimating the blur kernel: scale 1 of {scales}, 5x5 px on 32x32")
+    assert said[-1] == f"Estimating the blur kernel: scale {scales} of {scales}, 15x15 px on 96x96"
+
+
+def test_isolated_weak_parts_of_a_kernel_are_cleaned_away():
+    kernel = torch.zeros(9, 9)
+    kernel[4, 2:7] = 1.0  # the blur: a line
+    kernel[0, 0] = 0.3  # a speck apart from it, less than a tenth of the weight
+    kernel[8, 8] = -0.2  # and a negative value, which no light can have
+    result = cleaned(kernel)
+    assert result[0, 0] == 0 and result[8, 8] == 0
+    assert result.sum() == pytest.approx(1.0) and torch.allclose(
+        result[4, 2:7], torch.full((5,), 0.2)
+    )
+
+
+def test_a_kernel_is_centred_on_its_centroid():
+    kernel = torch.zeros(9, 9)
+    kernel[1, 1:4] = 1 / 3  # off to the top left
+    moved = centred(kernel)
+    assert moved.sum() == pytest.approx(1.0) and torch.equal(moved[4, 3:6], kernel[1, 1:4])
+
+
+@pytest.mark.parametrize(
+    "photo, noise, words",
+    [
+        ("flat", 0.0, "no edges to tell a blur by"),
+        ("faint", 3.0, "strongest edges stand only"),
+        ("clipped", 0.0, "clipped highlights"),
+    ],
+)
+def test_a_photo_that_cannot_tell_its_blur_gets_none(photo, noise, words):
+    pixels = {
+        "flat": torch.full((1, 3, 64, 64), 0.4),
+        "faint": 0.5 + 0.01 * blurred_photo(np.ones((1, 1)), noise=0, size=64),
+        "clipped": torch.ones(1, 3, 64, 64).index_fill_(2, torch.arange(10), 0.2),
+    }[photo]
+    kernel, doubt = estimate_kernel(pixels, 9, noise, say=lambda line: None)
+    assert kernel is None and words in doubt
+
+
+def test_blind_apply_estimates_saves_and_says_the_kernel(tmp_path, capsys):
+    truth = np.pad(blur_kernel("motion", 3.0, 30.0), 2)
+    blurred = (blurred_photo(truth)[0].permute(1, 2, 0) * 255).round().byte().numpy()
+    photo = tmp_path / "photo.png"
+    Image.fromarray(blurred).save(photo)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "photo_kernel.png").write_bytes(b"the user's own")  # kept: a .1 is written instead
+    assert (
+        Deblur.main(["--apply", str(photo), "--output_dir", str(out), "--kernel_size", "11"]) == 0
+    )
+    said = capsys.readouterr().out
+    assert f"using the model that ships with Deblur, {SHIPPED_MODEL.name}" in said
+    saved = out / "photo_kernel.1.png"
+    assert "Note: estimated the blur: " in said and f"px, saved as {saved}" in said
+    assert (out / "photo_kernel.png").read_bytes() == b"the user's own"
+    # The saved kernel is the one undone, and --kernel reads it back: the same result
+    assert similarity(read_kernel(saved), truth) > 0.8
+    again = ["--kernel", str(saved), "--output_dir", str(tmp_path / "again")]
+    assert Deblur.main(["--apply", str(photo), "--noise_level", "0.5", *again]) == 0
+    first, second = (
+        np.asarray(Image.open(path), dtype=float)
+        for path in (
+            out / "photo_deblurred.png",
+            tmp_path / "again" / "photo_deblurred.png",
+        )
+    )
+    assert first.shape == blurred.shape and np.abs(first - second).mean() < 2.0
+
+
+def test_a_flat_photo_is_left_as_it_is_and_no_kernel_saved(tmp_path, capsys):
+    photo = save_photo(tmp_path, image=Image.new("RGB", (80, 80), (90, 140, 200)))
+    assert (
+        Deblur.main(["--apply", str(photo), "--output_dir", str(tmp_path), "--kernel_size", "9"])
+        == 0
+    )
+    assert "no blur is undone, the photo is left nearly as it is" in capsys.readouterr().out
+    result = np.asarray(Image.open(tmp_path / "photo_deblurred.png"), dtype=float)
+    assert np.abs(result - [90, 140, 200]).mean() < 1.5  # the network, told of no blur
+    assert not (tmp_path / "photo_kernel.png").exists()
+
+
+def test_a_photo_smaller_than_its_estimate_needs_is_refused(tmp_path, capsys):
+    photo = save_photo(tmp_path, size=(60, 90))
+    assert Deblur.main(["--apply", str(photo), "--output_dir", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert "the 60x90 photo is too small to estimate a blur up to 31 pixels wide" in error
+    assert error.count("\n") == 1 and not (tmp_path / "out" / "photo_deblurred.png").exists()
+
+
+def test_ctrl_c_during_the_estimate_stops_it_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    real_fitting = kernel_estimation.kernel_fitting
+
+    def interrupted(*args):
+        os.kill(os.getpid(), signal.SIGINT)  # as a Ctrl-C in the middle of the estimate
+        return real_fitting(*args)
+
+    monkeypatch.setattr(kernel_estimation, "kernel_fitting", interrupted)
+    photo = save_photo(tmp_path, size=(60, 60))
+    out = tmp_path / "out"
+    assert (
+        Deblur.main(["--apply", str(photo), "--output_dir", str(out), "--kernel_size", "9"]) == 130
+    )
+    assert "Ctrl-C: stopped; nothing was written" in capsys.readouterr().err
+    assert digests(out) == {}
+
+
+def test_the_shipped_model_applies_but_does_not_resume(tmp_path, capsys):
+    assert (
+        run_deblur(save_photo(tmp_path, "train.png"), tmp_path, "--resume", str(SHIPPED_MODEL)) == 2
+    )
+    assert "holds a network's weights only" in capsys.readouterr().err
+    assert SHIPPED_MODEL.stat().st_size < 4 * 2**20  # weights only: a few MB
+
+
+def test_an_any_blur_checkpoint_estimates_when_told_no_blur(tmp_path, capsys):
+    """A run's own any-blur checkpoint estimates the blur as the shipped model does."""
+    photo = save_photo(tmp_path, size=(60, 60), seed=3)
+    checkpoint = tmp_path / "own.pt"
+    checkpoint.write_bytes(SHIPPED_MODEL.read_bytes())
+    assert apply_deblur(photo, tmp_path / "out", checkpoint, "--kernel_size", "9") == 0
+    assert "estimated the blur" in capsys.readouterr().out
+    assert (tmp_path / "out" / "photo_kernel.png").exists()
