@@ -1,13 +1,13 @@
 """Blind deblurring's first half: the camera shake of a photo, found from the photo itself. Then
 Deblur.py undoes it as it undoes a measured kernel.
 
-Coarse to fine, as the published methods do it (Cho & Lee 2009; Xu, Zheng & Jia 2013; Pan et al.
-2014 and 2016): at the coarsest scale the photo is small and the kernel a few pixels; at each scale
-a sharp-edged latent image and the kernel are found in turn, and the kernel, upsampled, starts the
-next scale. The latent image keeps only strong edges (an L0 prior on its gradients: each gradient
-is either zero or free); the kernel is then the one that best blurs the latent image's strongest
-edges, those Cho & Lee's rule picks, into the photo's. Grey, on a region of a large photo, by FFT
-on the photo's device.
+Coarse to fine, as the published methods do it (Cho & Lee 2009; Xu & Jia 2010; Xu, Zheng & Jia
+2013; Pan et al. 2014 and 2016): at the coarsest scale the photo is small and the kernel a few
+pixels; at each scale a sharp-edged latent image and the kernel are found in turn, and the kernel,
+upsampled, starts the next scale. The latent image keeps only strong edges (an L0 prior on its
+gradients: each gradient is either zero or free); the kernel is then the one that best blurs the
+latent image's strongest edges (Cho & Lee's rule), where they are wider than the blur (Xu & Jia's),
+into the photo's. Grey, on a region of a large photo, by FFT on the photo's device.
 """
 
 import math
@@ -31,6 +31,8 @@ EDGE_WEIGHT = 4e-3  # the L0 prior's weight at the start; it falls by 1.1 each r
 KERNEL_DAMPING = 2.0  # Tikhonov damping of the kernel's least squares (images in [0, 1])
 REGION = 800  # a larger photo's kernel is estimated on its REGION x REGION window of most edges
 LUMA = (0.299, 0.587, 0.114)  # the photo's grey: its luma (ITU-R BT.601)
+ONE_WAY = 0.5  # wide_edges: how much of a window's gradients must point one way
+SUPPORT_REACH = 2  # pixels a finer scale's kernel may reach beyond the coarser one's
 CLIPPED = 254 / 255  # pixels this bright may have been clipped: no edge near them is trusted
 EDGES_OVER_NOISE = 20  # the strongest edges (0.1%) must stand this far above the noise
 
@@ -73,13 +75,16 @@ def estimate_kernel(photo, width, noise, between_rounds=None, say=print):
         say_progress(say, scale, widths, blurred, began)
         pad = scale_width
         padded = wrapped_smoothly(blurred[None, None], pad)[0, 0]
-        trusted = trusted_edges(padded, pad, scale_width)
+        trusted = trusted_edges(padded, pad, scale_width) & wide_edges(padded)
+        support = near(kernel) if scale else None
         for _ in range(ROUNDS):
             if between_rounds:
                 between_rounds()
             latent = latent_image(padded, kernel, weight)
             edges, threshold = strongest_edges(latent, threshold, trusted)
-            kernel = cleaned(kernel_fitting(edges, gradients(padded), scale_width))
+            fitted = kernel_fitting(edges, gradients(padded), scale_width, support)
+            if edges.any() and fitted.max() > 0:  # else no edge here tells it: it stays as it is
+                kernel = cleaned(fitted)
             weight = max(weight / 1.1, 1e-4)
         kernel = centred(kernel)
     kernel = kernel.double().cpu().numpy()
@@ -195,6 +200,15 @@ def cleaned(kernel):
     return kernel / kernel.sum()
 
 
+def near(kernel):
+    """Where the next scale's fits may put weight: within SUPPORT_REACH pixels of where the
+    upsampled kernel has some. At a finer scale there is more noise for least squares to fit,
+    and far from the blur's path all it could fit is noise."""
+    reach = 2 * SUPPORT_REACH + 1
+    grown = F.max_pool2d((kernel > 0).float()[None, None], reach, stride=1, padding=SUPPORT_REACH)
+    return grown[0, 0]
+
+
 def centred(kernel):
     """The kernel moved by whole pixels so that its centroid is its middle pixel: the restored
     photo does not shift."""
@@ -243,6 +257,20 @@ def trusted_edges(padded, pad, width):
     return trusted & ~near_clipped
 
 
+def wide_edges(padded):
+    """Xu & Jia's (2010) rule for edges that tell the kernel: where the blurred image's gradients
+    in a 5x5 window point the same way (the length of their sum against the sum of their lengths,
+    above ONE_WAY). A fine texture's edges, narrower than the blur, cancel out there: the blur
+    has merged them, and fitted to them a kernel comes out wrong (on the validation photos, the
+    motorcycle's, 2.7 dB of 8.2 kept with them, 6.0 without)."""
+    along_x, along_y = gradients(padded)[:, None]
+    summed = F.avg_pool2d(along_x[None], 5, stride=1, padding=2).square()
+    summed = (summed + F.avg_pool2d(along_y[None], 5, stride=1, padding=2).square()).sqrt()
+    lengths = (along_x.square() + along_y.square()).sqrt()[None]
+    total = F.avg_pool2d(lengths, 5, stride=1, padding=2) + 0.5 / 255 / 25  # never 0 / 0
+    return (summed / total)[0, 0] > ONE_WAY
+
+
 def strongest_edges(latent, threshold, trusted):
     """The latent image's gradients where they are at least `threshold` strong (squared), zero
     elsewhere, and the next round's threshold, 1.1 times lower (more edges join as the latent
@@ -278,22 +306,24 @@ def latent_image(padded, kernel, weight):
     return latent
 
 
-def kernel_fitting(edges, blurred_edges, width, iterations=20):
+def kernel_fitting(edges, blurred_edges, width, support=None, iterations=20):
     """The width x width kernel k that best blurs the latent image's chosen edges into the
-    photo's gradients: argmin over k of |k * edges - blurred_edges|^2 + KERNEL_DAMPING |k|^2, by
-    conjugate gradients on the kernel's pixels, each product by FFT (Cho & Lee's and Pan et al.'s
-    kernel step); its values below a twentieth of its peak then zeroed."""
+    photo's gradients: argmin over k of |k * edges - blurred_edges|^2 + KERNEL_DAMPING |k|^2, its
+    pixels outside `support` (a 0/1 mask; None: all free) held at zero, by conjugate gradients on
+    the kernel's pixels, each product by FFT (Cho & Lee's and Pan et al.'s kernel step); its
+    values below a twentieth of its peak then zeroed."""
     size = edges.shape[-2:]
+    free = torch.ones(width, width, device=edges.device) if support is None else support
     latent_spectra = torch.fft.rfft2(edges)
     autocorrelation = latent_spectra.abs().square().sum(0)
     correlated = (latent_spectra.conj() * torch.fft.rfft2(blurred_edges)).sum(0)
-    right_side = around_origin(torch.fft.irfft2(correlated, s=size), width)
+    right_side = around_origin(torch.fft.irfft2(correlated, s=size), width) * free
 
     def normal_matrix_times(kernel):
         blurred = torch.fft.irfft2(autocorrelation * spectrum(kernel, size), s=size)
-        return around_origin(blurred, width) + KERNEL_DAMPING * kernel
+        return (around_origin(blurred, width) + KERNEL_DAMPING * kernel) * free
 
-    kernel = torch.full((width, width), 1 / width**2, device=edges.device)
+    kernel = free / free.sum()
     residual = right_side - normal_matrix_times(kernel)
     direction = residual
     residual_norm = residual.square().sum()

@@ -14,7 +14,7 @@ from PIL import Image
 import Deblur
 import kernel_estimation
 from blurs import blur, blur_kernel, photographed
-from kernel_estimation import centred, cleaned, estimate_kernel
+from kernel_estimation import centred, cleaned, estimate_kernel, wide_edges
 from plumbing.checkpoints import SHIPPED_MODEL
 from plumbing.images import image_to_tensor
 from plumbing.kernel_file import read_kernel
@@ -83,6 +83,15 @@ def test_a_kernel_is_centred_on_its_centroid():
     kernel[1, 1:4] = 1 / 3  # off to the top left
     moved = centred(kernel)
     assert moved.sum() == pytest.approx(1.0) and torch.equal(moved[4, 3:6], kernel[1, 1:4])
+
+
+def test_edges_are_taken_where_wider_than_a_fine_texture():
+    image = torch.zeros(40, 40)
+    image[:, 20:] = 1.0  # a step: every gradient by it points the same way
+    image[5:15, :] = torch.rand(10, 40, generator=torch.Generator().manual_seed(0))  # texture
+    wide = wide_edges(image)
+    assert wide[25:35, 19].all()  # by the step, below the texture
+    assert wide[7:13, 3:15].float().mean() < 0.2  # the texture's gradients cancel out
 
 
 @pytest.mark.parametrize(
