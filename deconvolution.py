@@ -158,9 +158,12 @@ def estimated_noise(image):
     """The standard deviation of the Gaussian noise in (1, 3, H, W) `image`, in 8-bit steps, from
     its finest diagonal detail (the Haar wavelet's HH band), where a blurred photo has almost
     nothing but noise: its median absolute value / 0.6745 (Donoho's robust estimate). The
-    rounding to 8 bits is left out: it is counted on its own (QUANTISATION)."""
+    rounding to 8 bits is left out: it is counted on its own (QUANTISATION). A photo one pixel
+    high or wide has no 2x2 block to tell its noise by: none is assumed."""
     pixels = image[0]
     height, width = (pixels.shape[-2] // 2) * 2, (pixels.shape[-1] // 2) * 2
+    if height * width == 0:
+        return 0.0
     details = []
     for channel in pixels:  # one at a time: a large photo's float copy is never made whole
         a, b = channel[0:height:2, 0:width:2].float(), channel[0:height:2, 1:width:2].float()

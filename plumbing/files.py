@@ -65,7 +65,8 @@ def locked_output_dir(out, inputs, needed, outputs=OUTPUTS):
     try:
         out.mkdir(parents=True, exist_ok=True)
         # Never through a symbolic link: that would truncate whatever file it points to
-        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0))
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        descriptor = os.open(lock_path, flags, 0o644)  # a file of text, not a program
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise DeblurError(

@@ -51,7 +51,7 @@ def read_kernel(path):
     side = max(values.shape) | 1  # odd: a middle pixel
     rows, columns = side - values.shape[0], side - values.shape[1]
     padding = ((rows // 2, rows - rows // 2), (columns // 2, columns - columns // 2))
-    values = np.pad(values, padding)
+    values = np.pad(values, padding) / values.max()  # first: a sum of huge values would overflow
     return values / values.sum()
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import apply_deblur as apply
-from conftest import checkpoint_of, run_deblur, save_photo
+from conftest import checkpoint_of, make_photo, run_deblur, save_photo
 from PIL import Image
 from torch import nn
 
@@ -16,6 +16,7 @@ from blurs import blur_kernel
 from networks import DeblurNet
 from plumbing import files
 from plumbing.images import image_to_tensor, to_hwc
+from plumbing.kernel_file import read_kernel
 
 
 def deblurred(path):
@@ -279,3 +280,17 @@ def test_a_kernel_that_cannot_be_one_is_refused_by_name(
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 1 and words in errors[0] and errors[0].startswith("error:"), errors
     assert not (tmp_path / "out").exists()
+
+
+def test_a_kernel_of_huge_values_is_scaled_before_it_is_summed(tmp_path):
+    np.save(tmp_path / "psf.npy", np.full((3, 3), 1e308))  # their sum overflows to infinity
+    assert np.array_equal(read_kernel(tmp_path / "psf.npy"), np.full((3, 3), 1 / 9))
+
+
+def test_a_photo_one_pixel_high_is_deblurred_without_a_noise_of_nan(any_blur, tmp_path, capsys):
+    photo = save_photo(tmp_path, "line.png", image=make_photo((40, 1)))
+    np.save(tmp_path / "none.npy", np.ones((1, 1)))
+    assert apply(photo, tmp_path / "out", any_blur, "--kernel", str(tmp_path / "none.npy")) == 0
+    assert "estimated the photo's noise at 0.00 8-bit steps" in capsys.readouterr().out
+    result = deblurred(tmp_path / "out" / "line_deblurred.png")
+    assert result.shape == (1, 40, 3) and np.abs(result - deblurred(photo)).mean() < 8

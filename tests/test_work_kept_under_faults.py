@@ -365,6 +365,17 @@ def test_a_symbolic_link_as_the_lock_is_refused_and_its_target_untouched(
     assert (tmp_path / "notes.txt").read_bytes() == PRECIOUS
 
 
+def test_the_lock_is_a_file_of_text_not_a_program(trained_checkpoint, photo_path, tmp_path):
+    out = tmp_path / "out"
+    assert (
+        run_deblur(
+            "unused.png", out, "--apply", str(photo_path), "--resume", str(trained_checkpoint)
+        )
+        == 0
+    )
+    assert (out / ".deblur.lock").stat().st_mode & 0o111 == 0  # no one's to execute
+
+
 def test_a_blur_larger_than_the_image_is_refused(photo_path, tmp_path, capsys):
     assert run_deblur(photo_path, tmp_path / "out", "--blur_radius", "100") == 2
     assert "larger than the 32x32 image" in capsys.readouterr().err
