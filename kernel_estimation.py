@@ -96,8 +96,8 @@ def reason_to_doubt(grey, noise):
     """Why no kernel should be estimated from this grey image, or None. The kernel is fitted on
     the strongest edges; where even those (the 0.1% strongest gradients) stand less than
     EDGES_OVER_NOISE times above the noise, what it fits is noise, and undoing a kernel fitted
-    on noise makes a photo worse (by 8 to 14 dB on the validation photos with such faint edges;
-    above the bar, none was)."""
+    to noise makes a photo worse (docs/blind.md: the moon and the cells, by up to 18 dB; on the
+    other validation photos the strongest edges stood 26 to 72 times above the noise)."""
     strength = gradients(grey).square().sum(0).sqrt().flatten()
     strongest = float(strength.kthvalue(max(int(0.999 * strength.numel()), 1)).values) * 255
     if strongest < 1:
