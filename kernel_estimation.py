@@ -114,6 +114,7 @@ def reason_to_doubt(grey, noise):
 
 
 def say_progress(say, scale, widths, blurred, began):
+    """The scale the estimate is at, and the time left as the scales done so far foretell it."""
     done = sum(w**2 for w in widths[:scale])  # a scale's work grows with its image, as w**2
     left = (perf_counter() - began) / done * (sum(w**2 for w in widths) - done) if done else None
     height, width = blurred.shape
@@ -140,8 +141,9 @@ def grey_region(photo):
         return (photo[0].float() * luma).sum(0)
     small = F.avg_pool2d((photo[0].float() * luma).sum(0)[None, None], 4, ceil_mode=True)
     magnitude = gradients(small[0, 0]).square().sum(0).sqrt()[None, None]
-    window, stride = min(REGION // 4, *magnitude.shape[-2:]), REGION // 16
-    scores = F.avg_pool2d(magnitude, (min(window, magnitude.shape[-2]), window), stride)[0, 0]
+    window = [min(REGION // 4, side) for side in magnitude.shape[-2:]]  # REGION, a quarter
+    stride = REGION // 16
+    scores = F.avg_pool2d(magnitude, window, stride)[0, 0]
     row, column = divmod(int(scores.argmax()), scores.shape[1])
     top = min(row * stride * 4, max(height - REGION, 0))
     left = min(column * stride * 4, max(width - REGION, 0))

@@ -14,7 +14,7 @@ from PIL import Image
 import Deblur
 import kernel_estimation
 from blurs import blur, blur_kernel, photographed
-from kernel_estimation import centred, cleaned, estimate_kernel, wide_edges
+from kernel_estimation import centred, cleaned, estimate_kernel, grey_region, wide_edges
 from plumbing.checkpoints import SHIPPED_MODEL
 from plumbing.images import image_to_tensor
 from plumbing.kernel_file import read_kernel
@@ -64,6 +64,15 @@ def test_the_estimate_says_its_progress_scale_by_scale():
     scales = len(said)  # 15, 11, 9, 7 and 5 pixels wide
     assert said[0].startswith(f"Estimating the blur kernel: scale 1 of {scales}, 5x5 px on 32x32")
     assert said[-1] == f"Estimating the blur kernel: scale {scales} of {scales}, 15x15 px on 96x96"
+
+
+def test_a_large_photos_blur_is_estimated_on_its_window_of_most_edges():
+    photo = torch.full((1, 3, 200, 1200), 0.5)
+    patch = torch.rand(200, 200, generator=torch.Generator().manual_seed(0))
+    photo[..., 900:1100] = patch  # edges on the right, none elsewhere
+    region = grey_region(photo)
+    assert region.shape == (200, 800)  # kernel_estimation.REGION wide
+    assert int((region - 0.5).abs().gt(1e-4).sum()) == int((patch - 0.5).abs().gt(1e-4).sum())
 
 
 def test_isolated_weak_parts_of_a_kernel_are_cleaned_away():
