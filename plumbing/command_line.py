@@ -42,6 +42,9 @@ NOT_NEGATIVE = (
     "adversarial_weight",
 )
 BLUR_SETTINGS = ("blur_kind", "blur_radius", "blur_angle")
+# networks.PatchDiscriminator's smallest input: after its third convolution a smaller one has a
+# single pixel left, which its instance norm cannot normalise
+SMALLEST_JUDGED = 12
 # What the settings decide, worked out with them once: not settings, never saved as settings
 DERIVED = ("folder",)
 
@@ -87,6 +90,13 @@ def parse_settings(settings, choices, script, argv=None):
         cfg.resume = os.path.expanduser(cfg.resume)
     # Decided here, once, and read everywhere else (DERIVED): a folder trains on crops of its photos
     cfg.folder = not cfg.apply and resolve_image_path(cfg.image_path, "image_path").is_dir()
+    if cfg.folder and cfg.adversarial_weight and cfg.crop_size < SMALLEST_JUDGED:
+        refuse(
+            "crop_size",
+            cfg.crop_size,
+            f"must be at least {SMALLEST_JUDGED} pixels with "
+            f"--adversarial_weight (the discriminator scores patches of a crop that size)",
+        )
     return cfg, set(given)
 
 

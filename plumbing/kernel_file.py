@@ -18,6 +18,8 @@ def read_kernel(path):
     colour one is made grey, said in a note) or a NumPy .npy array: (k, k) float64 on an odd
     square, its middle pixel the kernel's, summing to 1. What cannot be one is refused by name."""
     path = name_checked(Path(path).expanduser(), "kernel")
+    if path.is_dir():
+        raise DeblurError(f"--kernel {path} is a folder; pass the kernel's file in it")
     if not path.is_file():
         raise DeblurError(
             f"kernel not found: {path} (pass --kernel PSF: a grayscale image or a .npy array)"
@@ -25,9 +27,12 @@ def read_kernel(path):
     if path.suffix.lower() == ".npy":
         try:
             values = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:  # damaged, or an array of Python objects
+        except (OSError, ValueError):  # damaged, Python objects, or another kind of file
+            values = None
+        if not isinstance(values, np.ndarray):  # or an .npz archive of several arrays
             raise DeblurError(
-                f"--kernel {path} is not a NumPy array Deblur can read: {e}"
+                f"--kernel {path} is not a NumPy array Deblur can read (damaged, or another kind "
+                f"of file named .npy); save the kernel with numpy.save, or as a grayscale image"
             ) from None
     else:
         values = kernel_image(path)
@@ -48,11 +53,29 @@ def read_kernel(path):
         wrong = f"is {values.shape[1]}x{values.shape[0]}, larger than {KERNEL_MOST} pixels a side"
     if wrong:
         raise DeblurError(f"--kernel {path} {wrong}; pass the photo's measured blur kernel")
+    values = without_background(values / values.max(), path)  # scaled: no sum overflows
     side = max(values.shape) | 1  # odd: a middle pixel
     rows, columns = side - values.shape[0], side - values.shape[1]
     padding = ((rows // 2, rows - rows // 2), (columns // 2, columns - columns // 2))
-    values = np.pad(values, padding) / values.max()  # first: a sum of huge values would overflow
+    values = np.pad(values, padding)
     return values / values.sum()
+
+
+BACKGROUND_MOST = 0.1  # a measured PSF's background floor is fainter than this share of its peak
+
+
+def without_background(values, path):
+    """A measured PSF less the faint floor its camera adds everywhere (its outer ring's median and
+    three times its spread, when under BACKGROUND_MOST of the peak; said): left in, a floor of
+    4/255 on a 41x41 PSF spreads a quarter of its light across the whole square, and the photo
+    comes out 14 dB worse than blurred."""
+    ring = np.concatenate([values[0], values[-1], values[1:-1, 0], values[1:-1, -1]])
+    floor = np.median(ring)
+    cut = floor + 3 * 1.4826 * np.median(np.abs(ring - floor))
+    if not 0 < cut < BACKGROUND_MOST * values.max():
+        return values
+    note(f"{path.name}: took away its background, {cut / values.max():.1%} of its peak")
+    return np.clip(values - cut, 0, None)
 
 
 def kernel_image(path):

@@ -1,6 +1,7 @@
 """--apply: a trained network on a photo of any size, in strips, never over a user's file; the
 blur it undoes: the one it was trained on, or for an any-blur checkpoint the one the user names."""
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,6 +16,7 @@ import Deblur
 from blurs import blur_kernel
 from networks import DeblurNet
 from plumbing import files
+from plumbing.errors import DeblurError
 from plumbing.images import image_to_tensor, to_hwc
 from plumbing.kernel_file import read_kernel
 
@@ -294,3 +296,33 @@ def test_a_photo_one_pixel_high_is_deblurred_without_a_noise_of_nan(any_blur, tm
     assert "estimated the photo's noise at 0.00 8-bit steps" in capsys.readouterr().out
     result = deblurred(tmp_path / "out" / "line_deblurred.png")
     assert result.shape == (1, 40, 3) and np.abs(result - deblurred(photo)).mean() < 8
+
+
+def test_a_measured_psf_loses_its_faint_background(tmp_path, capsys):
+    psf = np.full((41, 41), 4, dtype=np.uint8)  # the floor a camera adds everywhere
+    psf[20, 14:27] = 255  # a 13-pixel motion line
+    Image.fromarray(psf).save(tmp_path / "psf.png")
+    kernel = read_kernel(tmp_path / "psf.png")
+    assert np.allclose(kernel[20, 14:27], 1 / 13) and kernel.sum() == pytest.approx(1.0)
+    assert "psf.png: took away its background, 1.6% of its peak" in capsys.readouterr().out
+
+
+def npz_named_npy(path):
+    np.savez(path.with_suffix(".npz"), np.ones((3, 3)))  # an archive of arrays, not one
+    path.with_suffix(".npz").rename(path)
+
+
+@pytest.mark.parametrize(
+    "name, make, words",
+    [
+        ("psfs", Path.mkdir, "is a folder; pass the kernel's file in it"),
+        ("psf.npy", npz_named_npy, "is not a NumPy array Deblur can read"),
+        ("psf.npy", lambda path: Image.new("L", (5, 5)).save(path, "PNG"), "another kind of file"),
+    ],
+    ids=["a folder", "an npz named npy", "a png named npy"],
+)
+def test_a_kernel_file_of_the_wrong_kind_says_what_it_is(tmp_path, name, make, words):
+    make(tmp_path / name)
+    with pytest.raises(DeblurError) as error:
+        read_kernel(tmp_path / name)
+    assert words in str(error.value) and "allow_pickle" not in str(error.value)

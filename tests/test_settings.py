@@ -199,3 +199,12 @@ def test_folder_mode_is_decided_with_the_settings_as_the_image_path_is_found(tmp
     assert parse(["--image_path", "data/train"]).folder
     assert not parse(["--image_path", "data/sample.jpg"]).folder
     assert not parse(["--image_path", "data/train", "--apply", "photo.png"]).folder
+
+
+def test_a_crop_too_small_for_the_discriminator_is_refused_by_name(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    with pytest.raises(DeblurError) as error:
+        parse(["--image_path", str(folder), "--adversarial_weight", "0.01", "--crop_size", "11"])
+    assert str(error.value).startswith("--crop_size must be at least 12 pixels with --adversarial")
+    parse(["--image_path", str(folder), "--adversarial_weight", "0.01", "--crop_size", "12"])
