@@ -6,6 +6,7 @@ there is not; processes on one machine (torchrun's) share them. What is trained 
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -78,12 +79,16 @@ def read_image_folder(folder, crop_size, margin, tests=None):
             note(f"skipped {path.name}: {width}x{height} is smaller than a crop and its margin")
     digests = {path: file_digest([path]) for path in sizes}
     check_apart(digests, tests or {})
-    cache = cache_folder()
-    check_room(cache, [size for path, size in sizes.items() if not cached(cache, digests[path])])
+    cache = writable(cache_folder())  # None: the photos are decoded into memory
+    if cache:
+        check_room(
+            cache, [size for path, size in sizes.items() if not cached(cache, digests[path])]
+        )
     photos = []
     for path, digest in digests.items():
         try:
-            photos.append(Photo(path, digest, decoded(path, cache / f"{digest}.npy")))
+            pixels = decoded(path, cache / f"{digest}.npy", sizes[path]) if cache else None
+            photos.append(Photo(path, digest, in_memory(path) if pixels is None else pixels))
         except DeblurError as e:  # damaged (a truncated JPEG, say): the others still teach
             note(f"skipped {path.name}: {e}")
     if not photos:
@@ -138,22 +143,51 @@ def check_room(cache, sizes):
     note(f"decoding {len(sizes)} photos into {cache} ({needed / 1e9:.2f} GB), once for every run")
 
 
-def decoded(path, cached_copy):
-    """The photo's 8-bit pixels as a (3, H, W) tensor read through a memory map of its decoded
-    copy, which is made first where it is missing or damaged."""
+def writable(cache):
+    """The cache folder, made if missing, where files can be written in it; else None, said (a
+    read-only home, or XDG_CACHE_HOME naming a file): the photos are then decoded into memory."""
     try:
-        return mapped(cached_copy)
-    except (OSError, ValueError):  # not there yet, or cut short when its disk filled
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=cache):  # made and gone: what decoding a photo needs
+            pass
+    except OSError as e:
+        reason = e.strerror or first_line(e)
+        note(
+            f"the photo cache {cache} cannot be written ({reason}): decoding the photos into "
+            f"memory instead; set XDG_CACHE_HOME to a writable folder to keep them between runs"
+        )
+        return None
+    return cache
+
+
+def decoded(path, cached_copy, size):
+    """The photo's 8-bit pixels as a (3, H, W) tensor read through a memory map of its decoded
+    copy, which is made first where it is missing, damaged or not of the photo's `size` (Pillow's
+    (width, height), either way round: EXIF may turn it); None where it cannot be written."""
+    try:
+        return mapped(cached_copy, size)
+    except (OSError, ValueError):  # not there yet, cut short when its disk filled, or replaced
         pass
     pixels = np.asarray(read_rgb_image(path))
-    with atomic_path(cached_copy) as temporary, open(temporary, "wb") as file:
-        np.save(file, pixels)
-    return mapped(cached_copy)
+    try:
+        with atomic_path(cached_copy) as temporary, open(temporary, "wb") as file:
+            np.save(file, pixels)
+    except DeblurError as e:  # its disk filled since check_room, say
+        note(f"{path.name} is kept in memory: {e}")
+        return None
+    return mapped(cached_copy, size)
 
 
-def mapped(cached_copy):
+def in_memory(path):
+    """The photo's 8-bit pixels as a (3, H, W) tensor in memory, for a cache that cannot be used."""
+    return torch.from_numpy(np.asarray(read_rgb_image(path)).copy()).permute(2, 0, 1)
+
+
+def mapped(cached_copy, size):
     # copy-on-write: the file is never written, and PyTorch wants an array it may write to
     pixels = np.load(cached_copy, mmap_mode="c")
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
         raise ValueError(f"{cached_copy} is not a decoded photo")
+    if sorted(pixels.shape[:2]) != sorted(size):
+        raise ValueError(f"{cached_copy} is not the photo's size")
     return torch.from_numpy(pixels).permute(2, 0, 1)

@@ -305,6 +305,42 @@ def test_a_cache_without_room_is_refused_before_anything_is_decoded(
     assert not (tmp_path / "out").exists()
 
 
+def test_a_cache_that_cannot_be_written_decodes_the_photos_into_memory(
+    folder, tmp_path, monkeypatch, capsys
+):
+    (tmp_path / "a file").write_text("not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a file"))  # as a read-only home would
+    photos = photo_folder.read_image_folder(folder, 16, 6)
+    said = capsys.readouterr().out
+    assert f"the photo cache {tmp_path / 'a file' / 'deblur'} cannot be written" in said
+    assert "decoding the photos into memory instead; set XDG_CACHE_HOME" in said
+    for photo in photos:
+        assert torch.equal(
+            photo.pixels, torch.from_numpy(np.array(Image.open(photo.path))).permute(2, 0, 1)
+        )
+
+
+def test_a_photo_whose_cached_copy_cannot_be_written_is_kept_in_memory(
+    folder, tmp_path, monkeypatch, capsys
+):
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(photo_folder.np, "save", disk_full)
+    photos = photo_folder.read_image_folder(folder, 16, 6)
+    assert len(photos) == 3  # none skipped, none said to be unreadable
+    assert capsys.readouterr().out.count("is kept in memory: could not write") == 3
+
+
+def test_a_cached_copy_of_another_size_is_decoded_again(folder, tmp_path):
+    photos = photo_folder.read_image_folder(folder, 16, 6)
+    cached = tmp_path / "cache" / "deblur" / f"{photos[0].digest}.npy"
+    cached.unlink()  # (still mapped by this process: replaced, not rewritten in place)
+    np.save(cached, np.zeros((4, 4, 3), dtype=np.uint8))  # a valid array, but not the photo
+    again = photo_folder.read_image_folder(folder, 16, 6)
+    assert torch.equal(again[0].pixels, photos[0].pixels)
+
+
 def test_the_shipped_training_set_is_free_small_and_apart_from_the_test_images():
     photos = sorted((ROOT / "data" / "train").iterdir())
     assert len(photos) >= 8
