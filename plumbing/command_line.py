@@ -42,6 +42,10 @@ NOT_NEGATIVE = (
     "adversarial_weight",
 )
 BLUR_SETTINGS = ("blur_kind", "blur_radius", "blur_angle")
+# The original project's blur and noise. Edited in the settings block, a photo's blur and noise
+# are named as on the command line: --apply then undoes them, estimating neither
+PHOTOS_BLUR = (*BLUR_SETTINGS, "noise_level")
+ORIGINAL = {"blur_kind": "gaussian", "blur_radius": 5.0, "blur_angle": 0.0, "noise_level": 0.0}
 # networks.PatchDiscriminator's smallest input: after its third convolution a smaller one has a
 # single pixel left, which its instance norm cannot normalise
 SMALLEST_JUDGED = 12
@@ -67,7 +71,8 @@ def parse_settings(settings, choices, script, argv=None):
     """Every `name = value  # comment` line of the script's settings block becomes an option of the
     same name, type and default, with the comment as its help; `choices` lists the values a
     setting may take where only a few make sense. Returns (settings, the names the command line
-    gave): --apply tells a blur the user named from one left at its default."""
+    gave, and the blur and noise settings edited away from the original's in the block): --apply
+    tells a blur the user named from one left at its default."""
     parser = Parser(
         prog="Deblur.py",
         description="Remove blur from an image with a small CNN trained on it, or on a folder.",
@@ -84,7 +89,9 @@ def parse_settings(settings, choices, script, argv=None):
         parser.add_argument(*names, dest=name, choices=choices.get(name), **option)
     given = vars(parser.parse_args(argv))  # the settings the command line names
     cfg = argparse.Namespace(**{**settings, **given})
-    check_settings(cfg, set(given))
+    edited = {name for name in PHOTOS_BLUR if settings[name] != ORIGINAL[name]}
+    given = set(given) | edited
+    check_settings(cfg, given)
     cfg.output_dir = os.path.expanduser(cfg.output_dir)  # a shell leaves '~/x' in quotes as is
     if cfg.resume != "auto":
         cfg.resume = os.path.expanduser(cfg.resume)
@@ -97,7 +104,7 @@ def parse_settings(settings, choices, script, argv=None):
             f"must be at least {SMALLEST_JUDGED} pixels with "
             f"--adversarial_weight (the discriminator scores patches of a crop that size)",
         )
-    return cfg, set(given)
+    return cfg, given
 
 
 def check_settings(cfg, given):

@@ -10,6 +10,7 @@ import sys
 import tempfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from urllib.error import URLError
@@ -27,6 +28,9 @@ torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from plumbing.command_line import ORIGINAL  # noqa: E402
+
 SCRIPT = [sys.executable, "-u", str(ROOT / "Deblur.py")]
 
 # Every setting a test run uses, given explicitly: a user who edits a settings line in Deblur.py
@@ -178,7 +182,20 @@ def apply_deblur(photo, out, checkpoint, *extra):
     import Deblur
 
     args = ["--apply", str(photo), "--resume", str(checkpoint), "--output_dir", str(out)]
-    return Deblur.main([*args, "--device", "cpu", "--kernel", "", *extra], vgg_weights=None)
+    with blur_lines_as_shipped():
+        return Deblur.main([*args, "--device", "cpu", "--kernel", "", *extra], vgg_weights=None)
+
+
+@contextmanager
+def blur_lines_as_shipped():
+    """Deblur.py's blur and noise lines as shipped, whatever a user edited them to: edited, they
+    name the photo's blur for --apply as the command line does."""
+    import Deblur
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in ORIGINAL.items():
+            patch.setitem(Deblur.SETTINGS, name, value)
+        yield
 
 
 class ProcessTable(dict):

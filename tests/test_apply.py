@@ -326,3 +326,16 @@ def test_a_kernel_file_of_the_wrong_kind_says_what_it_is(tmp_path, name, make, w
     with pytest.raises(DeblurError) as error:
         read_kernel(tmp_path / name)
     assert words in str(error.value) and "allow_pickle" not in str(error.value)
+
+
+def test_a_blur_edited_in_the_settings_block_is_the_one_undone(any_blur, tmp_path, capsys):
+    photo = save_photo(tmp_path, "photo.png", size=(60, 40))
+    edited = {"blur_kind": "motion", "blur_radius": 3.0, "blur_angle": 30.0, "noise_level": 2.0}
+    with pytest.MonkeyPatch.context() as patch:  # as if these lines of Deblur.py were edited
+        for name, value in edited.items():
+            patch.setitem(Deblur.SETTINGS, name, value)
+        arguments = ["--apply", str(photo), "--resume", str(any_blur), "--kernel", ""]
+        assert Deblur.main([*arguments, "--output_dir", str(tmp_path / "out")]) == 0
+    assert "estimated" not in capsys.readouterr().out  # neither the blur nor the noise
+    whole = whole_photo_result(any_blur, photo, blur_kernel("motion", 3.0, 30.0), 2.0)
+    assert np.abs(deblurred(tmp_path / "out" / "photo_deblurred.png") - whole).max() <= 1.0

@@ -8,7 +8,7 @@ import signal
 import numpy as np
 import pytest
 import torch
-from conftest import apply_deblur, digests, run_deblur, save_photo
+from conftest import apply_deblur, blur_lines_as_shipped, digests, run_deblur, save_photo
 from PIL import Image
 
 import Deblur
@@ -18,6 +18,13 @@ from kernel_estimation import centred, cleaned, estimate_kernel, grey_region, wi
 from plumbing.checkpoints import SHIPPED_MODEL
 from plumbing.images import image_to_tensor
 from plumbing.kernel_file import read_kernel
+
+
+@pytest.fixture(autouse=True)
+def blur_not_named():
+    """Told no blur: with Deblur.py's blur lines as shipped, whatever a user edited them to."""
+    with blur_lines_as_shipped():
+        yield
 
 
 def shapes_photo(size=96, seed=0):

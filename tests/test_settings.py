@@ -14,6 +14,7 @@ from plumbing.command_line import (
     BLIND_QUICK_LOOK,
     DERIVED,
     FOLDER_QUICK_LOOK,
+    ORIGINAL,
     QUICK_LOOK,
     parse_settings,
 )
@@ -63,9 +64,9 @@ def parse(argv):
 
 
 def test_the_settings_the_command_line_names_are_told_apart_from_defaults():
-    given = parse_settings(Deblur.SETTINGS, Deblur.CHOICES, Deblur.__file__, ["--blur_rad", "5"])[1]
+    given = parse_settings(SHIPPED, Deblur.CHOICES, Deblur.__file__, ["--blur_rad", "5"])[1]
     assert given == {"blur_radius"}  # named, abbreviated, even at its default value
-    assert parse_settings(Deblur.SETTINGS, Deblur.CHOICES, Deblur.__file__, [])[1] == set()
+    assert parse_settings(SHIPPED, Deblur.CHOICES, Deblur.__file__, [])[1] == set()
 
 
 def test_shipped_defaults_are_the_original_projects():
@@ -208,3 +209,16 @@ def test_a_crop_too_small_for_the_discriminator_is_refused_by_name(tmp_path):
         parse(["--image_path", str(folder), "--adversarial_weight", "0.01", "--crop_size", "11"])
     assert str(error.value).startswith("--crop_size must be at least 12 pixels with --adversarial")
     parse(["--image_path", str(folder), "--adversarial_weight", "0.01", "--crop_size", "12"])
+
+
+def test_a_photos_blur_edited_in_the_settings_block_is_named_as_on_the_command_line():
+    edited = {**Deblur.SETTINGS, "blur_kind": "motion", "blur_radius": 6.0, "noise_level": 2.0}
+    cfg, given = parse_settings(edited, Deblur.CHOICES, Deblur.__file__, ["--apply", "a.jpg"])
+    assert {"blur_kind", "blur_radius", "noise_level"} <= given and "blur_angle" not in given
+    assert (cfg.blur_kind, cfg.blur_radius, cfg.noise_level) == ("motion", 6.0, 2.0)
+    _, given = parse_settings(SHIPPED, Deblur.CHOICES, Deblur.__file__, ["--apply", "a.jpg"])
+    assert given == {"apply"}  # the original's blur and noise, as shipped: named by nobody
+
+
+def test_the_original_blur_is_the_settings_blocks():
+    assert {name: SHIPPED[name] for name in ORIGINAL} == ORIGINAL
