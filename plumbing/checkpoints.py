@@ -47,7 +47,7 @@ def save_checkpoint(path, net, optimizer, scaler, progress):
             os.replace(path, kept)
             note(
                 f"a fresh run: the earlier {path.name} was kept as {kept.name} "
-                f"(--resume {kept} continues it)"
+                f"(to continue it: the command that made it, with --resume {kept})"
             )
     progress.owns_checkpoint = True
 

@@ -51,6 +51,15 @@ def test_fresh_runs_keep_every_earlier_checkpoint_under_a_new_number(photo_path,
     assert checkpoint_of(out)["epoch"] == 4
 
 
+def test_a_kept_checkpoint_continues_as_its_note_says(photo_path, tmp_path, capsys):
+    assert run_deblur(photo_path, tmp_path, "--num_epochs", "2") == 0
+    assert run_deblur(photo_path, tmp_path, "--num_epochs", "2") == 0  # a fresh run beside it
+    kept = tmp_path / "checkpoint.1.pt"
+    assert f"the command that made it, with --resume {kept})" in capsys.readouterr().out
+    assert run_deblur(photo_path, tmp_path, "--num_epochs", "4", "--resume", str(kept)) == 0
+    assert f"Resumed from {kept} at epoch 2" in capsys.readouterr().out
+
+
 def test_resume_with_another_image_size_is_refused_by_name(photo_path, tmp_path, capsys):
     assert run_deblur(photo_path, tmp_path) == 0
     assert run_deblur(photo_path, tmp_path, "--image_size", "48", "--resume") == 2
