@@ -115,22 +115,32 @@ def resized(image, size, path):
     return image.resize((size, size))
 
 
+# Each image a blur is checked against, in words, and what makes the blur fit it
+IMAGES_TOLD = {
+    "image_path": ("the --image_path image", "or a larger --image_size"),
+    "holdout_path": ("the --holdout_path image", "or a larger --holdout_path image"),
+    "sample": ("the unseen sample, data/sample.jpg", "(a folder's test images keep their size)"),
+}
+
+
 def check_blur_fits(kernel, image, setting):
     """A blur wider than the image leaves nothing to learn from, and padding by it makes the
-    baselines ask for gigabytes: refused, naming the limit."""
+    baselines ask for gigabytes: refused, naming the image and what to change."""
     width = kernel.shape[0]
     height, breadth = image.shape[-2:]
-    if width > min(height, breadth):
+    if width <= min(height, breadth):
+        return
+    if setting == "apply":
+        told, fix = "the photo", "name a smaller --blur_radius, or crop --kernel to the blur"
+    else:
+        told, larger = IMAGES_TOLD[setting]
         fix = (
-            "crop --kernel to the blur's extent"
-            if setting == "apply"
-            else "lower --blur_radius (a gaussian's kernel is about 6 x radius + 1 pixels wide, "
-            "the others 2 x radius + 1) or use a larger image (--image_size)"
+            f"lower --blur_radius (a gaussian's kernel is about 6 x radius + 1 pixels wide, the "
+            f"others 2 x radius + 1) {larger}"
         )
-        raise DeblurError(
-            f"the {width}x{width}-pixel blur kernel is larger than the {breadth}x{height} image "
-            f"of --{setting}; {fix}"
-        )
+    raise DeblurError(
+        f"the {width}x{width}-pixel blur kernel is larger than {told}, {breadth}x{height}; {fix}"
+    )
 
 
 ESTIMATION_MARGIN = 3  # a blur is estimated from a photo at least this many kernels wide

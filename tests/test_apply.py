@@ -266,7 +266,7 @@ BAD_KERNELS = [
     ("one-dimensional", "psf.npy", saved(np.ones(5)), "array of shape (5,); a blur kernel is 2-D"),
     ("Python objects", "psf.npy", saved(np.array([{}], dtype=object)), "not a NumPy array"),
     ("huge", "psf.png", grey_image(300), "is 300x300, larger than 255 pixels a side"),
-    ("larger than the photo", "psf.png", grey_image(45), "larger than the 40x30 image"),
+    ("larger than the photo", "psf.png", grey_image(45), "larger than the photo, 40x30; "),
 ]
 
 

@@ -436,3 +436,13 @@ def test_compiled_training_never_meets_the_test_images_sizes(folder, tmp_path, m
 
     monkeypatch.setattr(torch, "compile", one_size_only)
     assert run(folder, tmp_path / "out", "--torch_compile", "on", "--num_epochs", "3") == 0
+
+
+def test_a_blur_too_large_for_a_folders_unseen_sample_names_it_and_no_option_it_lacks(
+    folder, tmp_path, capsys
+):
+    extra = ("--blur_kind", "random", "--blur_radius", "300", "--crop_size", "16")
+    assert run(folder, tmp_path / "out", *extra) == 2
+    error = capsys.readouterr().err
+    assert "larger than the unseen sample, data/sample.jpg" in error
+    assert "--sample" not in error and "--image_size" not in error

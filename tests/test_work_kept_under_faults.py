@@ -378,7 +378,9 @@ def test_the_lock_is_a_file_of_text_not_a_program(trained_checkpoint, photo_path
 
 def test_a_blur_larger_than_the_image_is_refused(photo_path, tmp_path, capsys):
     assert run_deblur(photo_path, tmp_path / "out", "--blur_radius", "100") == 2
-    assert "larger than the 32x32 image" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "larger than the --image_path image, 32x32; lower --blur_radius" in error
+    assert "or a larger --image_size" in error
     assert not (tmp_path / "out").exists()
 
 
