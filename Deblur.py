@@ -333,7 +333,7 @@ def evaluate(net, setting, pair, cfg):
 
 # ---- The job
 UNSEEN_SAMPLE = "data/sample.jpg"  # a folder's network is tested on it, and on holdout_path
-# The test images' blurs and noise: a generator seeded past every training seed: no training kernel
+# Test images' blurs and noise come from a generator seeded past every seed a run can have
 TEST_DRAWS = 2**32 + 2026
 CHOICES = {
     "model": tuple(MODELS),
