@@ -87,8 +87,11 @@ def read_image_folder(folder, crop_size, margin, tests=None):
     photos = []
     for path, digest in digests.items():
         try:
-            pixels = decoded(path, cache / f"{digest}.npy", sizes[path]) if cache else None
-            photos.append(Photo(path, digest, in_memory(path) if pixels is None else pixels))
+            if cache:
+                pixels = decoded(path, cache / f"{digest}.npy", sizes[path])
+            else:
+                pixels = in_memory(np.asarray(read_rgb_image(path)))
+            photos.append(Photo(path, digest, pixels))
         except DeblurError as e:  # damaged (a truncated JPEG, say): the others still teach
             note(f"skipped {path.name}: {e}")
     if not photos:
@@ -163,7 +166,7 @@ def writable(cache):
 def decoded(path, cached_copy, size):
     """The photo's 8-bit pixels as a (3, H, W) tensor read through a memory map of its decoded
     copy, which is made first where it is missing, damaged or not of the photo's `size` (Pillow's
-    (width, height), either way round: EXIF may turn it); None where it cannot be written."""
+    (width, height), either way round: EXIF may turn it); in memory where it cannot be written."""
     try:
         return mapped(cached_copy, size)
     except (OSError, ValueError):  # not there yet, cut short when its disk filled, or replaced
@@ -174,13 +177,13 @@ def decoded(path, cached_copy, size):
             np.save(file, pixels)
     except DeblurError as e:  # its disk filled since check_room, say
         note(f"{path.name} is kept in memory: {e}")
-        return None
+        return in_memory(pixels)
     return mapped(cached_copy, size)
 
 
-def in_memory(path):
-    """The photo's 8-bit pixels as a (3, H, W) tensor in memory, for a cache that cannot be used."""
-    return torch.from_numpy(np.asarray(read_rgb_image(path)).copy()).permute(2, 0, 1)
+def in_memory(pixels):
+    """A photo's (H, W, 3) 8-bit pixels as a (3, H, W) tensor of its own, for want of a cache."""
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
 
 
 def mapped(cached_copy, size):
