@@ -255,6 +255,8 @@ def blur_to_undo(cfg, given, trained, path):
     if trained.restore_from == "blurred":
         if cfg.kernel or named:
             raise DeblurError(f"{path} is blind: it finds the blur itself; drop --kernel, --blur_*")
+        if "noise_level" in given and cfg.noise_level:
+            note(f"{path.name} is blind: it is told no noise level, --noise_level is not used")
         return None
     if cfg.kernel:
         return "measured"

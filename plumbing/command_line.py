@@ -10,7 +10,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from plumbing.errors import DeblurError, refuse
+from plumbing.errors import DeblurError, note, refuse
 from plumbing.images import resolve_image_path
 
 # Old option names that still work, for settings renamed since.
@@ -131,6 +131,8 @@ def check_settings(cfg, given):
             refuse(name, getattr(cfg, name), "must be zero or positive")
     if cfg.blur_kind == "random" and cfg.blur_radius < 1:
         refuse("blur_radius", cfg.blur_radius, "must be at least 1 with --blur_kind random")
+    if "blur_angle" in given and cfg.blur_angle and cfg.blur_kind != "motion":
+        note(f"--blur_angle turns a motion blur only: the {cfg.blur_kind} blur has no angle")
     if cfg.kernel and not cfg.apply:
         raise DeblurError(
             f"--kernel {cfg.kernel} names the blur of a photo to --apply; to train, set "

@@ -139,11 +139,19 @@ def check_room(cache, sizes):
     free = shutil.disk_usage(cache).free
     if needed + SPARE_BYTES > free:
         raise DeblurError(
-            f"decoded, the {len(sizes)} photos new to the cache need {needed / 1e9:.2f} GB in "
-            f"{cache}, whose disk has {free / 1e9:.2f} GB free; make room there, or set "
+            f"decoded, the {len(sizes)} photos new to the cache need {in_bytes(needed)} in "
+            f"{cache}, whose disk has {in_bytes(free)} free; make room there, or set "
             f"XDG_CACHE_HOME to a folder on a disk with room"
         )
-    note(f"decoding {len(sizes)} photos into {cache} ({needed / 1e9:.2f} GB), once for every run")
+    note(f"decoding {len(sizes)} photos into {cache} ({in_bytes(needed)}), once for every run")
+
+
+def in_bytes(count):
+    """A size in words: GB, MB or kB, whichever shows it best (never '0.00 GB')."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6)):
+        if count >= size:
+            return f"{count / size:.2f} {unit}"
+    return f"{count / 1e3:.1f} kB"
 
 
 def writable(cache):

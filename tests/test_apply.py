@@ -207,6 +207,10 @@ def test_a_blind_checkpoint_takes_no_kernel(tmp_path, capsys):
     extra = ("--blur_kind", "motion", "--blur_radius", "3")
     assert apply(save_photo(tmp_path), tmp_path / "other", checkpoint, *extra) == 2
     assert "is blind: it finds the blur itself" in capsys.readouterr().err
+    assert apply(save_photo(tmp_path), tmp_path / "noisy", checkpoint, "--noise_level", "3") == 0
+    assert "is blind: it is told no noise level, --noise_level is not used" in (
+        capsys.readouterr().out
+    )
 
 
 def test_a_checkpoint_whose_weights_are_another_networks_is_refused(

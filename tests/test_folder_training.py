@@ -300,7 +300,8 @@ def test_a_cache_without_room_is_refused_before_anything_is_decoded(
     monkeypatch.setattr(photo_folder.shutil, "disk_usage", lambda path: room)
     assert run(folder, tmp_path / "out") == 2
     error = capsys.readouterr().err
-    assert "the 3 photos new to the cache need 0.00 GB in" in error and "XDG_CACHE_HOME" in error
+    assert "the 3 photos new to the cache need 72.0 kB in" in error and "XDG_CACHE_HOME" in error
+    assert f"whose disk has {room.free / 1e6:.2f} MB free" in error
     assert list((tmp_path / "cache" / "deblur").iterdir()) == []
     assert not (tmp_path / "out").exists()
 

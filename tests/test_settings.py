@@ -222,3 +222,12 @@ def test_a_photos_blur_edited_in_the_settings_block_is_named_as_on_the_command_l
 
 def test_the_original_blur_is_the_settings_blocks():
     assert {name: SHIPPED[name] for name in ORIGINAL} == ORIGINAL
+
+
+def test_an_angle_for_a_blur_that_has_none_is_said(capsys):
+    parse(["--blur_angle", "20", "--blur_kind", "gaussian"])
+    assert "--blur_angle turns a motion blur only: the gaussian blur has no angle" in (
+        capsys.readouterr().out
+    )
+    parse(["--blur_angle", "20", "--blur_kind", "motion"])
+    assert "--blur_angle" not in capsys.readouterr().out
