@@ -161,11 +161,15 @@ def report_outcome(outcome, progress, defaults):
     """Says how training ended and where the results are; returns the exit code."""
     cfg, stop = progress.cfg, progress.stop
     if outcome == "diverged":
+        kept = "the last good checkpoint was kept" if progress.owns_checkpoint else "none was saved"
+        cause = f"lr {cfg.lr} is probably too high: try --lr {cfg.lr / 10:g}"
+        if cfg.adversarial_weight:  # the critic's push can throw the network off as well
+            weight = cfg.adversarial_weight
+            cause = f"try --adversarial_weight {weight / 10:g}, or --lr {cfg.lr / 10:g}"
         print(
             f"error: the loss became NaN or infinite by epoch {progress.diverged_at}, so training "
-            f"stopped; results are from epoch {progress.epoch}'s weights, the last good ones, and "
-            f"the last good checkpoint was kept. lr {cfg.lr} is probably too high: "
-            f"try --lr {cfg.lr / 10:g}",
+            f"stopped; results are from epoch {progress.epoch}'s weights, the last good ones "
+            f"({kept}). {cause}",
             file=sys.stderr,
         )
         return 1

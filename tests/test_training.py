@@ -205,6 +205,17 @@ def test_divergence_stops_training_and_keeps_the_last_good_weights(photo_path, t
     assert checkpoint["epoch"] < 50 and f"epoch {checkpoint['epoch']}'s weights" in err
     reconstruction = np.asarray(Image.open(tmp_path / "reconstructed_image.jpg"))
     assert reconstruction.std() > 0  # not NaN made one flat colour
+    assert "the last good checkpoint was kept" in err
+
+
+def test_a_divergence_before_any_checkpoint_says_none_was_saved_and_names_the_critic(
+    photo_path, tmp_path, capsys
+):
+    args = ("--lr", "1e36", "--log_every", "1", "--num_epochs", "50", "--adversarial_weight", "1")
+    assert run_deblur(photo_path, tmp_path, *args) == 1
+    err = capsys.readouterr().err
+    assert "(none was saved)" in err and not (tmp_path / "checkpoint.pt").exists()
+    assert "try --adversarial_weight 0.1, or --lr 1e+35" in err
 
 
 @pytest.mark.parametrize(
