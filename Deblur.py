@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from blurs import BLUR_KINDS, Pair, blur, blur_kernel, described, drawn, kernel_width, photographed
 from deconvolution import estimated_noise, wiener, wiener_balance, wiener_margin
-from kernel_estimation import blind_kernel
+from kernel_estimation import estimate_kernel
 from networks import DeblurNet, PatchDiscriminator, ResNet, UNet
 from PerceptualLoss import load_vgg19_loss
 from plumbing.checkpoints import (
@@ -47,8 +47,8 @@ from plumbing.images import (
     read_rgb_image,
     read_sharp,
 )
-from plumbing.job import report_outcome, run_job, stop_point
-from plumbing.kernel_file import read_kernel
+from plumbing.job import report_outcome, run_job
+from plumbing.kernel_file import blind_kernel, read_kernel
 from plumbing.photo_folder import training_photos
 from plumbing.processes import Team, itself, join, this_process, together
 from plumbing.progress import Progress, print_plan
@@ -429,7 +429,7 @@ def apply_to_photo(cfg, given, stop):
         note(f"estimated the photo's noise at {noise:.2f} 8-bit steps (--noise_level sets it)")
     with photo_output(cfg, photo_path, blurred.shape[-2:]) as target:  # never a user's file
         if undone == "estimated":  # from the photo itself, saved beside the result
-            kernel = blind_kernel(blurred, noise, cfg, partial(stop_point, stop), photo_path)
+            kernel = blind_kernel(estimate_kernel, blurred, noise, cfg, stop, photo_path)
         # Wiener on the whole photo at once, kept in half precision (within 1/16 of an 8-bit
         # step); then the network, a tile at a time (tiles.py): memory for a few copies of it
         described_photo = network_input(blurred, kernel, noise, trained).half()

@@ -242,13 +242,20 @@ def transfer_function(kernels, size, processor):
     key = (kernels.tobytes(), kernels.shape, tuple(size), torch.device(processor))
     if key in TRANSFER_FUNCTIONS:
         return TRANSFER_FUNCTIONS[key]
-    stack = torch.from_numpy(kernels).reshape(-1, *kernels.shape[-2:])
-    placed = torch.zeros(len(stack), *size, device=processor)
-    placed[:, : stack.shape[1], : stack.shape[2]] = stack.to(processor)
-    centre = (-(stack.shape[1] // 2), -(stack.shape[2] // 2))
-    transfer = torch.fft.rfft2(placed.roll(centre, dims=(1, 2)))[:, None]
-    if kernels.ndim == 2 and placed.numel() <= 2**22:  # a photo's is made once, and not kept
+    stack = torch.from_numpy(kernels).reshape(-1, *kernels.shape[-2:]).to(processor)
+    transfer = kernel_spectrum(stack, size)[:, None]
+    if kernels.ndim == 2 and size[0] * size[1] <= 2**22:  # a photo's is made once, not kept
         if len(TRANSFER_FUNCTIONS) >= 32:  # a long-lived process (the tests): start afresh
             TRANSFER_FUNCTIONS.clear()
         TRANSFER_FUNCTIONS[key] = transfer
     return transfer
+
+
+def kernel_spectrum(kernels, size):
+    """The rfft2 at `size` of each of (N, k, k) kernels (tensors, on their device), its middle
+    pixel moved to pixel (0, 0): a product with an image's spectrum is then the kernel's
+    convolution with it, not shifted."""
+    placed = kernels.new_zeros(len(kernels), *size)
+    placed[:, : kernels.shape[1], : kernels.shape[2]] = kernels
+    centre = (-(kernels.shape[1] // 2), -(kernels.shape[2] // 2))
+    return torch.fft.rfft2(placed.roll(centre, dims=(1, 2)))

@@ -1,28 +1,18 @@
-"""Blind deblurring's first half: the camera shake of a photo, found from the photo itself. Then
-Deblur.py undoes it as it undoes a measured kernel.
-
-Coarse to fine, as the published methods do it (Cho & Lee 2009; Xu & Jia 2010; Xu, Zheng & Jia
-2013; Pan et al. 2014 and 2016): at the coarsest scale the photo is small and the kernel a few
-pixels; at each scale a sharp-edged latent image and the kernel are found in turn, and the kernel,
-upsampled, starts the next scale. The latent image keeps only strong edges (an L0 prior on its
-gradients: each gradient is either zero or free); the kernel is then the one that best blurs the
-latent image's strongest edges (Cho & Lee's rule), where they are wider than the blur (Xu & Jia's),
-into the photo's. Grey, on a region of a large photo, by FFT on the photo's device.
+"""A photo's camera shake found from the photo, coarse to fine (Cho & Lee 2009; Xu & Jia 2010; Pan
+et al. 2014): at each scale a sharp-edged latent image (an L0 prior on its gradients), then the
+kernel that best blurs its strongest, wide edges into the photo's; upsampled, it starts the next
+scale. Grey, by FFT on the photo's device; Deblur.py undoes it as it undoes a measured kernel.
 """
 
 import math
 from time import perf_counter
 
-import numpy as np
 import torch
 from skimage.measure import label
 from torch.nn import functional as F
 
-from blurs import QUANTISATION
+from blurs import QUANTISATION, kernel_spectrum
 from deconvolution import gradient_energy, wrapped_smoothly
-from plumbing.errors import note
-from plumbing.images import check_photo_fits_estimation
-from plumbing.kernel_file import save_kernel
 
 COARSEST = 5  # the kernel's width in pixels at the coarsest scale
 SCALE_STEP = math.sqrt(0.5)  # each scale's image and kernel are this much of the next finer's
@@ -35,23 +25,6 @@ ONE_WAY = 0.5  # wide_edges: how much of a window's gradients must point one way
 SUPPORT_REACH = 2  # pixels a finer scale's kernel may reach beyond the coarser one's
 CLIPPED = 254 / 255  # pixels this bright may have been clipped: no edge near them is trusted
 EDGES_OVER_NOISE = 20  # the strongest edges (0.1%) must stand this far above the noise
-
-
-def blind_kernel(photo, noise, cfg, between_rounds, photo_path):
-    """--apply's kernel for a photo no one measured: estimated from it, up to cfg.kernel_size
-    pixels wide, and saved beside the result, said; or none (1x1) where the photo's edges are too
-    faint to tell its blur by: the network, told there is no blur, leaves the photo nearly as it
-    is."""
-    width = cfg.kernel_size | 1  # odd: a middle pixel
-    check_photo_fits_estimation(photo, width)
-    kernel, doubt = estimate_kernel(photo, width, noise, between_rounds)
-    if doubt:
-        note(f"{doubt}; no blur is undone, the photo is left nearly as it is")
-        return np.ones((1, 1))
-    saved = save_kernel(kernel, cfg.output_dir, photo_path)
-    across, high = extent(kernel)
-    note(f"estimated the blur: {across}x{high} px, saved as {saved} (--kernel reads it)")
-    return kernel
 
 
 def estimate_kernel(photo, width, noise, between_rounds=None, say=print):
@@ -68,36 +41,34 @@ def estimate_kernel(photo, width, noise, between_rounds=None, say=print):
     weight, threshold = EDGE_WEIGHT, None
     began = perf_counter()
     for scale, scale_width in enumerate(widths):
-        blurred = resized(grey, scale_width / width if scale_width < width else 1.0)
+        blurred = resized(grey, scale_width / width)
         kernel = upsampled(kernel, scale_width)
         if threshold is None:
             threshold = edge_threshold(blurred, scale_width)
         say_progress(say, scale, widths, blurred, began)
-        pad = scale_width
-        padded = wrapped_smoothly(blurred[None, None], pad)[0, 0]
-        trusted = trusted_edges(padded, pad, scale_width) & wide_edges(padded)
+        padded = wrapped_smoothly(blurred[None, None], scale_width)[0, 0]  # a kernel each side
+        trusted = trusted_edges(padded, scale_width) & wide_edges(padded)
+        photo_edges = gradients(padded)
         support = near(kernel) if scale else None
         for _ in range(ROUNDS):
             if between_rounds:
                 between_rounds()
             latent = latent_image(padded, kernel, weight)
             edges, threshold = strongest_edges(latent, threshold, trusted)
-            fitted = kernel_fitting(edges, gradients(padded), scale_width, support)
+            fitted = kernel_fitting(edges, photo_edges, scale_width, support)
             if edges.any() and fitted.max() > 0:  # else no edge here tells it: it stays as it is
                 kernel = cleaned(fitted)
             weight = max(weight / 1.1, 1e-4)
-        kernel = centred(kernel)
+        kernel = centred_on_centroid(kernel)
     kernel = kernel.double().cpu().numpy()
     kernel[kernel < kernel.max() / 20] = 0  # the faint haze least squares leaves around it
     return kernel / kernel.sum(), None
 
 
 def reason_to_doubt(grey, noise):
-    """Why no kernel should be estimated from this grey image, or None. The kernel is fitted on
-    the strongest edges; where even those (the 0.1% strongest gradients) stand less than
-    EDGES_OVER_NOISE times above the noise, what it fits is noise, and undoing a kernel fitted
-    to noise makes a photo worse (docs/blind.md: the moon and the cells, by up to 18 dB; on the
-    other validation photos the strongest edges stood 26 to 72 times above the noise)."""
+    """Why no kernel should be estimated from this grey image, or None: where even its strongest
+    edges (0.1%) stand less than EDGES_OVER_NOISE times above the noise, a kernel fitted to them
+    is fitted to noise, and undoing it makes the photo worse (docs/blind.md, by up to 18 dB)."""
     strength = gradients(grey).square().sum(0).sqrt().flatten()
     strongest = float(strength.kthvalue(max(int(0.999 * strength.numel()), 1)).values) * 255
     if strongest < 1:
@@ -125,21 +96,15 @@ def say_progress(say, scale, widths, blurred, began):
     )
 
 
-def extent(kernel):
-    """(width, height) in pixels of a kernel's non-zero part: how far the camera moved."""
-    rows, columns = np.flatnonzero(kernel.any(1)), np.flatnonzero(kernel.any(0))
-    return int(columns[-1] - columns[0] + 1), int(rows[-1] - rows[0] + 1)
-
-
 # ---- The photo: grey, a region of a large one, each scale's copy
 def grey_region(photo):
-    """The photo's luma, float32, on its device; of a photo larger than REGION a side, the
-    REGION x REGION window with the most edge (the sum of its gradients' magnitudes)."""
+    """The photo's luma, float32; of a photo over REGION a side, its window with the most edge."""
     luma = torch.tensor(LUMA, device=photo.device).reshape(3, 1, 1)
-    height, width = photo.shape[-2:]
+    grey = (photo[0].float() * luma).sum(0)
+    height, width = grey.shape
     if max(height, width) <= REGION:
-        return (photo[0].float() * luma).sum(0)
-    small = F.avg_pool2d((photo[0].float() * luma).sum(0)[None, None], 4, ceil_mode=True)
+        return grey
+    small = F.avg_pool2d(grey[None, None], 4, ceil_mode=True)
     magnitude = gradients(small[0, 0]).square().sum(0).sqrt()[None, None]
     window = [min(REGION // 4, side) for side in magnitude.shape[-2:]]  # REGION, a quarter
     stride = REGION // 16
@@ -147,13 +112,11 @@ def grey_region(photo):
     row, column = divmod(int(scores.argmax()), scores.shape[1])
     top = min(row * stride * 4, max(height - REGION, 0))
     left = min(column * stride * 4, max(width - REGION, 0))
-    region = photo[0, :, top : top + REGION, left : left + REGION].float()
-    return (region * luma).sum(0)
+    return grey[top : top + REGION, left : left + REGION]
 
 
 def scale_widths(width):
-    """The kernel's width at each scale, coarse to fine: width, then SCALE_STEP times it, and so
-    on, each rounded up to odd, down to COARSEST."""
+    """The kernel's width at each scale, coarse to fine: times SCALE_STEP's powers, odd."""
     widths = [width]
     while widths[-1] > COARSEST:
         smaller = math.ceil(width * SCALE_STEP ** len(widths))
@@ -178,8 +141,7 @@ def first_guess(width, processor):
 
 
 def upsampled(kernel, width):
-    """The kernel at the next finer scale: stretched to width x width, as the image is by the
-    scales' ratio."""
+    """The kernel at the next finer scale: stretched to width x width, as the image is."""
     if kernel.shape[0] == width:
         return kernel
     grown = F.interpolate(kernel[None, None], (width, width), mode="bilinear")[0, 0].clamp(min=0)
@@ -187,9 +149,8 @@ def upsampled(kernel, width):
 
 
 def cleaned(kernel):
-    """Non-negative, summing to 1, without its isolated weak parts: each group of touching
-    non-zero pixels (8-connected) that holds less than a tenth of the weight is taken away (the
-    largest is kept whatever it holds)."""
+    """Non-negative, summing to 1, without each group of touching non-zero pixels (8-connected)
+    that holds less than a tenth of the weight (the largest is kept whatever it holds)."""
     kernel = kernel.clamp(min=0)
     kernel = kernel / kernel.sum()
     groups = torch.from_numpy(label(kernel.cpu().numpy() > 0, connectivity=2)).to(kernel.device)
@@ -203,15 +164,14 @@ def cleaned(kernel):
 
 
 def near(kernel):
-    """Where the next scale's fits may put weight: within SUPPORT_REACH pixels of where the
-    upsampled kernel has some. At a finer scale there is more noise for least squares to fit,
-    and far from the blur's path all it could fit is noise."""
+    """Where the next scale's fits may put weight: within SUPPORT_REACH pixels of the upsampled
+    kernel's. A finer scale has more noise to fit, and far from the blur's path all is noise."""
     reach = 2 * SUPPORT_REACH + 1
     grown = F.max_pool2d((kernel > 0).float()[None, None], reach, stride=1, padding=SUPPORT_REACH)
     return grown[0, 0]
 
 
-def centred(kernel):
+def centred_on_centroid(kernel):
     """The kernel moved by whole pixels so that its centroid is its middle pixel: the restored
     photo does not shift."""
     width = kernel.shape[0]
@@ -231,9 +191,8 @@ def gradients(image):
 
 
 def edge_threshold(blurred, width):
-    """Cho & Lee's rule for how strong an edge must be to be used: the largest squared gradient
-    magnitude that at least 20 x width pixels of each of four directions reach (every direction
-    needs edges, or the kernel is unknown along it)."""
+    """Cho & Lee's rule: the largest squared gradient that 20 x width pixels of each of four
+    directions reach (the kernel is unknown along a direction without edges)."""
     along_x, along_y = gradients(blurred)
     magnitude = along_x.square() + along_y.square()
     direction = torch.atan2(along_y, along_x).remainder(math.pi)  # an edge has no sign
@@ -247,12 +206,12 @@ def edge_threshold(blurred, width):
     return float(min(reached)) if reached else float(magnitude.max()) / 2
 
 
-def trusted_edges(padded, pad, width):
-    """Where the latent image's edges may be used: inside the photo, at least half a kernel from
-    its border (past it the padding is made up), and a kernel away from clipped pixels (whose
-    light the photo did not record: no kernel blurs the latent image into them)."""
+def trusted_edges(padded, width):
+    """Where the latent image's edges may be used: inside the photo (padded by a kernel's width
+    each side), at least half a kernel from its border (past it the padding is made up), and a
+    kernel away from clipped pixels (whose light the photo did not record)."""
     trusted = torch.zeros_like(padded, dtype=torch.bool)
-    keep = pad + width // 2 + 1
+    keep = width + width // 2 + 1
     trusted[keep:-keep, keep:-keep] = True
     clipped = (padded >= CLIPPED).float()[None, None]
     near_clipped = F.max_pool2d(clipped, 2 * width + 1, stride=1, padding=width)[0, 0] > 0
@@ -260,11 +219,9 @@ def trusted_edges(padded, pad, width):
 
 
 def wide_edges(padded):
-    """Xu & Jia's (2010) rule for edges that tell the kernel: where the blurred image's gradients
-    in a 5x5 window point the same way (the length of their sum against the sum of their lengths,
-    above ONE_WAY). A fine texture's edges, narrower than the blur, cancel out there: the blur
-    has merged them, and fitted to them a kernel comes out wrong (on the validation photos, the
-    motorcycle's, 2.7 dB of 8.2 kept with them, 6.0 without)."""
+    """Xu & Jia's (2010) edges that tell the kernel: where the gradients in a 5x5 window point one
+    way (their sum's length over their lengths' sum above ONE_WAY). A texture finer than the blur,
+    merged by it, cancels out there; fitted to it, a kernel comes out wrong (docs/blind.md)."""
     along_x, along_y = gradients(padded)[:, None]
     summed = F.avg_pool2d(along_x[None], 5, stride=1, padding=2).square()
     summed = (summed + F.avg_pool2d(along_y[None], 5, stride=1, padding=2).square()).sqrt()
@@ -286,13 +243,11 @@ def strongest_edges(latent, threshold, trusted):
 
 # ---- The two steps that alternate: the latent image, then the kernel
 def latent_image(padded, kernel, weight):
-    """The sharp-edged image that the kernel blurs into `padded`: argmin over S of
-    |kernel * S - blurred|^2 + weight x (the number of pixels where S's gradient is not zero), by
-    half-quadratic splitting (Xu et al. 2011): the gradient's split-off copy is kept where its
-    squared magnitude beats weight / beta, else zeroed, and S solved for by FFT; beta doubles
-    from 2 x weight to 1e5, which makes the copy and the gradient one."""
+    """argmin over S of |kernel * S - padded|^2 + weight x (how many of S's gradients are not 0),
+    by half-quadratic splitting (Xu et al. 2011): a copy of the gradient, zeroed where its square
+    is under weight / beta, then S by FFT; beta doubles from 2 x weight to 1e5."""
     size = padded.shape
-    transfer = spectrum(kernel, size)
+    transfer = kernel_spectrum(kernel[None], size)[0]
     numerator = transfer.conj() * torch.fft.rfft2(padded)
     power = transfer.abs().square()
     energy = gradient_energy(size, padded.device)
@@ -309,11 +264,9 @@ def latent_image(padded, kernel, weight):
 
 
 def kernel_fitting(edges, blurred_edges, width, support=None, iterations=20):
-    """The width x width kernel k that best blurs the latent image's chosen edges into the
-    photo's gradients: argmin over k of |k * edges - blurred_edges|^2 + KERNEL_DAMPING |k|^2, its
-    pixels outside `support` (a 0/1 mask; None: all free) held at zero, by conjugate gradients on
-    the kernel's pixels, each product by FFT (Cho & Lee's and Pan et al.'s kernel step); its
-    values below a twentieth of its peak then zeroed."""
+    """argmin over the width x width k of |k * edges - blurred_edges|^2 + KERNEL_DAMPING |k|^2,
+    k zero outside `support` (a 0/1 mask; None: all free), by conjugate gradients, each product
+    by FFT (Cho & Lee's kernel step); its values under a twentieth of its peak then zeroed."""
     size = edges.shape[-2:]
     free = torch.ones(width, width, device=edges.device) if support is None else support
     latent_spectra = torch.fft.rfft2(edges)
@@ -322,7 +275,7 @@ def kernel_fitting(edges, blurred_edges, width, support=None, iterations=20):
     right_side = around_origin(torch.fft.irfft2(correlated, s=size), width) * free
 
     def normal_matrix_times(kernel):
-        blurred = torch.fft.irfft2(autocorrelation * spectrum(kernel, size), s=size)
+        blurred = torch.fft.irfft2(autocorrelation * kernel_spectrum(kernel[None], size)[0], s=size)
         return (around_origin(blurred, width) + KERNEL_DAMPING * kernel) * free
 
     kernel = free / free.sum()
@@ -341,15 +294,7 @@ def kernel_fitting(edges, blurred_edges, width, support=None, iterations=20):
     return kernel * (kernel >= kernel.max() * 0.05)
 
 
-def spectrum(kernel, size):
-    """The rfft2 at `size` of a (k, k) kernel whose middle pixel is moved to pixel (0, 0)."""
-    placed = torch.zeros(size, device=kernel.device)
-    width = kernel.shape[0]
-    placed[:width, :width] = kernel
-    return torch.fft.rfft2(placed.roll((-(width // 2), -(width // 2)), dims=(0, 1)))
-
-
 def around_origin(image, width):
     """The width x width pixels around pixel (0, 0) of an image the FFT wraps around: where a
-    kernel placed by `spectrum` lies."""
+    kernel whose spectrum is blurs.kernel_spectrum lies."""
     return image.roll((width // 2, width // 2), dims=(0, 1))[:width, :width]

@@ -30,11 +30,12 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from any_blur import load_network  # noqa: E402
+
 import Deblur  # noqa: E402
 from blurs import blur, camera_shake, photographed  # noqa: E402
 from deconvolution import estimated_noise, wiener, wiener_balance  # noqa: E402
 from kernel_estimation import estimate_kernel  # noqa: E402
-from plumbing.checkpoint_fields import trained_settings  # noqa: E402
 from plumbing.checkpoints import SHIPPED_MODEL  # noqa: E402
 from plumbing.images import image_to_tensor  # noqa: E402
 
@@ -44,15 +45,6 @@ PHOTOS = ("ihc", "motorcycle_left", "coins", "page", "moon", "cell")  # none in 
 REACHES = (3, 5, 7, 9, 11, 13, 15)  # pixels from the kernel's centre: 7 to 31 px wide
 WIDTH = 31  # the kernels' square, and the width estimated
 LONGEST = 400  # photos are scaled to at most this many pixels a side
-
-
-def load_network(path):
-    """The network of a checkpoint or a shipped model, and its settings."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    trained = trained_settings(checkpoint, path, Deblur.CHOICES)
-    net = Deblur.make_network(trained.model, trained.restore_from, 0, torch.device("cpu"))
-    net.load_state_dict(checkpoint["model"])
-    return net.eval(), trained
 
 
 def restored(net, trained, blurred, kernel, noise):

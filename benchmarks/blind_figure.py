@@ -32,7 +32,7 @@ from kernel_estimation import estimate_kernel  # noqa: E402
 from plumbing.images import image_to_tensor, to_hwc  # noqa: E402
 from results import captioned  # noqa: E402
 
-SHOWN = ("motorcycle_left", 11)  # the validation photo and shake shown
+SHOWN = ("ihc", 11)  # the validation photo and shake shown (no known copyright restrictions)
 INSET = 3  # a kernel's pixels are drawn this many times larger in the corner
 
 

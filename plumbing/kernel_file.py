@@ -1,5 +1,6 @@
-"""Reading a measured blur kernel (--kernel): an image or a NumPy array, checked and normalised;
-and saving an estimated one so that --kernel reads it back. What a kernel does is blurs.py's.
+"""The kernel --apply undoes, as a file: a measured one (--kernel), an image or a NumPy array,
+checked and normalised; or one estimated from the photo (kernel_estimation.py does that), saved
+beside the result so that --kernel reads it back. What a kernel does is blurs.py's.
 """
 
 from pathlib import Path
@@ -9,6 +10,8 @@ from PIL import Image, UnidentifiedImageError
 
 from plumbing.errors import DeblurError, note
 from plumbing.files import free_output_name, name_checked, save_image
+from plumbing.images import check_photo_fits_estimation
+from plumbing.job import stop_point
 
 KERNEL_MOST = 255  # pixels a side of a measured blur kernel: more is background, not blur
 
@@ -93,6 +96,29 @@ def kernel_image(path):
         ) from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DeblurError(f"cannot read --kernel {path}: {e}") from None
+
+
+def blind_kernel(estimate, photo, noise, cfg, stop, photo_path):
+    """--apply's kernel for a photo no one measured: `estimate`d from it (kernel_estimation's
+    estimate_kernel), up to cfg.kernel_size pixels wide, saved beside the result and said; or
+    none (1x1) where the photo's edges are too faint to tell its blur by, said: the network, told
+    there is no blur, leaves the photo nearly as it is. A stop request ends it between rounds."""
+    width = cfg.kernel_size | 1  # odd: a middle pixel
+    check_photo_fits_estimation(photo, width)
+    kernel, doubt = estimate(photo, width, noise, lambda: stop_point(stop))
+    if doubt:
+        note(f"{doubt}; no blur is undone, the photo is left nearly as it is")
+        return np.ones((1, 1))
+    saved = save_kernel(kernel, cfg.output_dir, photo_path)
+    across, high = extent(kernel)
+    note(f"estimated the blur: {across}x{high} px, saved as {saved} (--kernel reads it)")
+    return kernel
+
+
+def extent(kernel):
+    """(width, height) in pixels of a kernel's non-zero part: how far the camera moved."""
+    rows, columns = np.flatnonzero(kernel.any(1)), np.flatnonzero(kernel.any(0))
+    return int(columns[-1] - columns[0] + 1), int(rows[-1] - rows[0] + 1)
 
 
 def save_kernel(kernel, output_dir, photo_path):

@@ -14,7 +14,8 @@ from PIL import Image
 import Deblur
 import kernel_estimation
 from blurs import blur, blur_kernel, photographed
-from kernel_estimation import centred, cleaned, estimate_kernel, grey_region, wide_edges
+from kernel_estimation import centred_on_centroid as centred
+from kernel_estimation import cleaned, estimate_kernel, grey_region, wide_edges
 from plumbing.checkpoints import SHIPPED_MODEL
 from plumbing.images import image_to_tensor
 from plumbing.kernel_file import read_kernel
