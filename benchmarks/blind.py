@@ -129,7 +129,7 @@ def main():
         print(
             f"{name:16s} {reach:5d} {noise:6.2f} {base:8.2f} {gains[0]:+7.2f} "
             f"{gains[1]:+10.2f} {gains[2]:+11.2f} {gains[3]:+6.2f} {error:8.2f} {seconds:4.1f}"
-            + ("  (no blur undone: edges too faint)" if doubt else ""),
+            + ("  (no blur undone: the estimate doubted)" if doubt else ""),
             flush=True,
         )
     for name in PHOTOS:

@@ -166,3 +166,14 @@ def test_the_noise_of_a_blurred_photo_is_estimated_within_a_fifth(tmp_path, leve
     photo = photographed(blurred, level, torch.Generator().manual_seed(1))
     # Without noise, within half the rounding's own: the rounding is not counted as noise
     assert estimated_noise(photo) == pytest.approx(level, abs=max(0.2 * level, QUANTISATION / 2))
+
+
+def test_noise_between_two_8_bit_steps_is_told_between_them():
+    # The median of the whole numbers an 8-bit photo's detail makes told 1.2 and 1.7 both 1.45
+    sharp = image_to_tensor(make_photo((96, 96), seed=2), "cpu")
+    blurred = blur(sharp, blur_kernel("gaussian", 3.0))
+    told = [
+        estimated_noise(photographed(blurred, level, torch.Generator().manual_seed(1)))
+        for level in (1.2, 1.7)
+    ]
+    assert told[1] - told[0] == pytest.approx(0.5, abs=0.1)
