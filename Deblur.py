@@ -26,6 +26,7 @@ from plumbing.checkpoints import (
     blur_to_undo,
     check_same_images,
     load_weights,
+    note_estimated_noise,
     read_checkpoint,
     restore_training,
 )
@@ -37,7 +38,6 @@ from plumbing.device import (
     mixed_precision,
     pick_device,
 )
-from plumbing.errors import note
 from plumbing.files import locked_output_dir, photo_output, save_image, space_needed
 from plumbing.images import (
     as_image,
@@ -422,11 +422,11 @@ def apply_to_photo(cfg, given, stop):
     kernel = measured if undone == "measured" else None
     kernel = blur_kernel(*undone) if isinstance(undone, tuple) else kernel  # (kind, radius, angle)
     if kernel is not None:
-        check_blur_fits(kernel, blurred, "apply")
+        check_blur_fits(kernel, blurred, "apply", trained)
     noise = cfg.noise_level  # given, or needed by no Wiener step
     if trained.restore_from == "wiener" and "noise_level" not in given:
         noise = estimated_noise(blurred)
-        note(f"estimated the photo's noise at {noise:.2f} 8-bit steps (--noise_level sets it)")
+        note_estimated_noise(noise, trained)
     with photo_output(cfg, photo_path, blurred.shape[-2:]) as target:  # never a user's file
         if undone == "estimated":  # from the photo itself, saved beside the result
             kernel = blind_kernel(estimate_kernel, blurred, noise, cfg, stop, photo_path)

@@ -3,6 +3,7 @@ and continuing a run from it. What the network is, is Deblur.py's.
 """
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -86,7 +87,9 @@ def read_checkpoint(cfg, choices):
         f"{path} is not a Deblur checkpoint, or is damaged; nothing in it was run"
     )
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's on a plain pickle, before our one line
+            warnings.simplefilter("ignore")
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
         weights_only = set(loaded) == set(WEIGHTS_KEYS)  # a model as Deblur ships one
         checkpoint = {key: loaded[key] for key in WEIGHTS_KEYS}
         checkpoint.update(WEIGHTS_ONLY if weights_only else {k: loaded[k] for k in CHECKPOINT_KEYS})
@@ -155,11 +158,18 @@ def check_same_images(cfg, path, checkpoint, photos):
             f"the original image, or start afresh"
         )
     gained = sorted(now.keys() - was.keys())
-    lost = sorted(was.keys() - now.keys())
+    unused = sorted(was.keys() - now.keys())
+    skipped = [name for name in unused if (Path(cfg.image_path) / name).exists()]  # said above
+    gone = [name for name in unused if name not in skipped]
     changed = sorted(name for name in now.keys() & was.keys() if now[name] != was[name])
     changes = [
         f"{len(names)} {how} ({', '.join(names[:3])}{', ...' * (len(names) > 3)})"
-        for how, names in (("new", gained), ("gone", lost), ("changed", changed))
+        for how, names in (
+            ("new", gained),
+            ("gone", gone),
+            ("skipped", skipped),
+            ("changed", changed),
+        )
         if names
     ]
     if changes:
@@ -263,3 +273,15 @@ def blur_to_undo(cfg, given, trained, path):
     if named and cfg.blur_kind != "random":
         return cfg.blur_kind, cfg.blur_radius, cfg.blur_angle
     return "estimated"
+
+
+def note_estimated_noise(noise, trained):
+    """The noise estimated from a photo, said; far beyond what the network was trained on (a
+    palette image's dithering, a heavy texture, a photo of high ISO), said so."""
+    beyond = ""
+    if noise > 2 * trained.noise_level + 1:
+        beyond = (
+            f"; far beyond the {trained.noise_level:g} the network was trained on: it may smear "
+            f"detail (give a lower --noise_level if the photo is not that noisy)"
+        )
+    note(f"estimated the photo's noise at {noise:.2f} 8-bit steps (--noise_level sets it){beyond}")

@@ -123,11 +123,14 @@ IMAGES_TOLD = {
 }
 
 
-def check_blur_fits(kernel, image, setting):
+def check_blur_fits(kernel, image, setting, trained=None):
     """A blur wider than the image leaves nothing to learn from, and padding by it makes the
-    baselines ask for gigabytes: refused, naming the image and what to change."""
+    baselines ask for gigabytes: refused, naming the image and what to change. With `trained`
+    (the settings a checkpoint for any blur learned), a blur wider than it learned is said."""
     width = kernel.shape[0]
     height, breadth = image.shape[-2:]
+    if trained and trained.blur_kind == "random":
+        note_if_wider_than_trained(np.asarray(kernel), 2 * math.ceil(trained.blur_radius) + 1)
     if width <= min(height, breadth):
         return
     if setting == "apply":
@@ -141,6 +144,18 @@ def check_blur_fits(kernel, image, setting):
     raise DeblurError(
         f"the {width}x{width}-pixel blur kernel is larger than {told}, {breadth}x{height}; {fix}"
     )
+
+
+def note_if_wider_than_trained(kernel, trained_width):
+    """A network trained on blurs up to trained_width pixels wide has not learned to mend what
+    Wiener leaves of a wider one: it is said, not refused (a blur a little wider may still do)."""
+    rows, columns = np.flatnonzero(kernel.any(1)), np.flatnonzero(kernel.any(0))
+    width = max(rows[-1] - rows[0], columns[-1] - columns[0]) + 1
+    if width > trained_width:
+        note(
+            f"the blur is {width} pixels wide, wider than the {trained_width} the network was "
+            f"trained on: it may ring (a network trained with a larger --blur_radius undoes it)"
+        )
 
 
 ESTIMATION_MARGIN = 3  # a blur is estimated from a photo at least this many kernels wide

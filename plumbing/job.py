@@ -138,14 +138,14 @@ def run_job(train, apply, settings, choices, script, argv):
         except KeyboardInterrupt:
             print("Interrupted.", file=sys.stderr)
             return 128 + (stop.signum or signal.SIGINT)
-        except torch.distributed.DistError as e:
-            print(
-                f"error: another of torchrun's processes has ended ({first_line(e)}); the "
-                f"checkpoint of the last completed save is intact: continue with --resume",
-                file=sys.stderr,
-            )
-            return 1
-        except (MemoryError, RuntimeError) as e:
+        except (MemoryError, RuntimeError, torch.distributed.DistError) as e:
+            if another_process_ended(e):
+                print(
+                    f"error: another of torchrun's processes has ended ({first_line(e)}); the "
+                    f"checkpoint of the last completed save is intact: continue with --resume",
+                    file=sys.stderr,
+                )
+                return 1
             if not is_out_of_memory(e):
                 raise
             read = cfg or SimpleNamespace(**settings, folder=False)  # or before they were read
@@ -186,6 +186,13 @@ def report_outcome(outcome, progress, defaults):
     if outcome == "done":  # the signal came after training: the results were finished first
         print(f"{signal_name(stop.signum)} came after training had finished: all is saved")
     return 128 + stop.signum
+
+
+def another_process_ended(error):
+    # gloo's lost connection reaches DistributedDataParallel's backward as a plain RuntimeError
+    if isinstance(error, torch.distributed.DistError):
+        return True
+    return isinstance(error, RuntimeError) and "by peer" in str(error)
 
 
 def is_out_of_memory(error):

@@ -90,13 +90,14 @@ class Progress:
         """The run as a checkpoint kept it (state_dict's keys)."""
         if self.generator and torch.is_tensor(state["crops_generator"]):
             self.generator.set_state(state["crops_generator"])
-        if self.team.size > 1 and len(state["crops_generators"]) == self.team.size:
-            self.generator.set_state(state["crops_generators"][self.team.rank])
-        elif self.team.size > 1:
+        trained_by = len(state["crops_generators"]) or 1  # none: saved before they were kept
+        if trained_by != self.team.size:
             note(
-                f"the checkpoint was trained by {len(state['crops_generators']) or 1} processes, "
-                f"now {self.team.size}: the crops differ from an uninterrupted run's"
+                f"the checkpoint was trained by {trained_by} processes, now {self.team.size}: "
+                f"the crops differ from an uninterrupted run's"
             )
+        elif self.team.size > 1:
+            self.generator.set_state(state["crops_generators"][self.team.rank])
         self.epoch = state["epoch"]
         self.elapsed = state["elapsed"]
         self.history = state["history"]

@@ -102,15 +102,15 @@ def test_a_folder_changed_since_its_checkpoint_is_said_and_training_goes_on(
     (folder / "photo0.png").unlink()
     save_photo(folder, "photo1.png", (56, 72), seed=9)  # the same name, another picture
     save_photo(folder, "new.png", (60, 60), seed=10)
+    save_photo(folder, "photo2.png", (10, 10))  # still there, but too small: skipped
     assert run(folder, tmp_path / "out", "--num_epochs", "2", "--resume") == 0
     out = capsys.readouterr().out
-    said = "has photos 1 new (new.png); 1 gone (photo0.png); 1 changed (photo1.png) since"
+    said = (
+        "has photos 1 new (new.png); 1 gone (photo0.png); 1 skipped (photo2.png); "
+        "1 changed (photo1.png) since"
+    )
     assert said in out and "training goes on with the folder as it is now" in out
-    assert sorted(checkpoint_of(tmp_path / "out")["photos"]) == [
-        "new.png",
-        "photo1.png",
-        "photo2.png",
-    ]
+    assert sorted(checkpoint_of(tmp_path / "out")["photos"]) == ["new.png", "photo1.png"]
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "motion", "defocus", "box", "random"])

@@ -1,6 +1,8 @@
 """Checkpoints and --resume: a resumed run is the uninterrupted one, earlier checkpoints are kept,
 and a checkpoint that is not one, or of another problem, is refused before anything runs."""
 
+import pickle
+
 import pytest
 import torch
 from conftest import (
@@ -124,6 +126,16 @@ def test_a_crafted_pickle_checkpoint_is_refused_without_running_it(photo_path, t
     message = "not a Deblur checkpoint, or is damaged; nothing in it was run"
     assert message in capsys.readouterr().err
     assert not marker.exists()
+
+
+def test_a_plain_pickle_checkpoint_is_refused_in_one_line(photo_path, tmp_path, capsys, recwarn):
+    with open(tmp_path / "checkpoint.pt", "wb") as file:  # pickle's protocol, not torch.save's
+        pickle.dump({"model": Payload(tmp_path / "payload-ran")}, file)
+    assert run_deblur(photo_path, tmp_path, "--resume") == 2
+    error = capsys.readouterr().err.splitlines()
+    assert len(error) == 1 and "not a Deblur checkpoint" in error[0], error
+    assert not [warning for warning in recwarn if "pickle" in str(warning.message)]  # torch's
+    assert not (tmp_path / "payload-ran").exists()
 
 
 def with_a_nan_weight(checkpoint):
