@@ -30,7 +30,14 @@ sys.path.insert(0, str(ROOT))
 
 import Deblur  # noqa: E402
 from blurs import blur, blur_kernel, camera_shake, photographed  # noqa: E402
-from deconvolution import richardson_lucy, rl_iterations, wiener, wiener_balance  # noqa: E402
+from deconvolution import (  # noqa: E402
+    richardson_lucy,
+    rl_iterations,
+    sparse_deconvolution,
+    sparse_fidelity,
+    wiener,
+    wiener_balance,
+)
 from plumbing.checkpoint_fields import trained_settings  # noqa: E402
 from plumbing.images import image_to_tensor  # noqa: E402
 from results import best_wiener, image_quality  # noqa: E402
@@ -85,6 +92,7 @@ def scores(photos, checkpoints, noise, shakes):
                 "Wiener": wiener(blurred, kernel, wiener_balance(kernel, noise)),
                 "Wiener oracle": best_wiener(blurred, kernel, sharp, border),
                 "Richardson-Lucy": richardson_lucy(blurred, kernel, rl_iterations(noise)),
+                "Sparse prior": sparse_deconvolution(blurred, kernel, sparse_fidelity(noise)),
             }
             with torch.no_grad():
                 for label, (net, trained) in networks.items():

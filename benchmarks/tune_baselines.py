@@ -26,8 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from any_blur import PHOTOS, WIDTH  # noqa: E402
 
+import deconvolution  # noqa: E402
 from blurs import QUANTISATION, blur, photographed, random_kernels  # noqa: E402
-from deconvolution import richardson_lucy, wiener  # noqa: E402
+from deconvolution import richardson_lucy, sparse_deconvolution, sparse_fidelity, wiener  # noqa: E402
 from plumbing.images import image_to_tensor  # noqa: E402
 from results import image_quality  # noqa: E402
 
@@ -35,6 +36,8 @@ TUNING = 2**32 + 79  # the kernels tuned on: neither trained on nor reported
 EXPONENTS = [quarter / 4 for quarter in range(-24, 5)]
 NOISE_LEVELS = (0.0, 1.0, 2.55, 5.0, 8.0)
 ITERATIONS = (3, 5, 10, 20, 30, 50, 100)
+SPARSENESSES = (2 / 3, 1.0)  # the sparse prior's exponents tried: Krishnan & Fergus's, and TV's
+FIDELITIES = (0.03, 0.06, 0.12, 0.25, 0.5)  # its fidelity times the noise's variance, tried
 
 
 def blurred_photos(kernels, noise_levels):
@@ -105,11 +108,34 @@ def richardson_lucy_scores(kernels):
     }
 
 
+def sparse_scores(kernels):
+    """{(exponent, fidelity x variance): {noise: mean PSNR}} over the validation photos."""
+    found = {}
+    for _, number, noise, blurred, sharp in blurred_photos(kernels, (0.0, 2.55, 8.0)):
+        for exponent in SPARSENESSES:
+            deconvolution.SPARSENESS = exponent
+            for scale in FIDELITIES:
+                fidelity = sparse_fidelity(noise, scale)
+                restored = sparse_deconvolution(blurred, kernels[number], fidelity)
+                psnr = image_quality(restored, sharp, WIDTH // 2)[0]
+                found.setdefault((exponent, scale), {}).setdefault(noise, []).append(psnr)
+    return {
+        key: {n: statistics.mean(v) for n, v in by_noise.items()} for key, by_noise in found.items()
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=("wiener", "rl"), help="tune one baseline only")
+    parser.add_argument("--only", choices=("wiener", "rl", "sparse"), help="one baseline only")
     only = parser.parse_args().only
     kernels = random_kernels(24, WIDTH // 2, torch.Generator().manual_seed(TUNING))
+    if only in (None, "sparse"):
+        print("The sparse prior, mean PSNR by exponent and fidelity x the noise's variance:")
+        for (exponent, scale), by_noise in sparse_scores(kernels[:8]).items():
+            described = "  ".join(f"noise {n}: {psnr:.2f}" for n, psnr in by_noise.items())
+            print(f"  exponent {exponent:.2f}, {scale:5}: {described}", flush=True)
+    if only == "sparse":
+        return
     if only != "rl":
         found = wiener_scores(kernels)
         a, b, c = fitted_rule(found)

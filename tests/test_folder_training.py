@@ -57,6 +57,7 @@ def test_a_folder_trains_on_crops_and_tests_on_two_unseen_images(folder, tmp_pat
         "Wiener",
         "Wiener oracle",
         "Richardson–Lucy",
+        "Sparse prior",
         "Network",
     ]
     assert all("unseen: PSNR" in line for line in summary)

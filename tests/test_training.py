@@ -2,13 +2,15 @@
 scaler, unscale, clip), reproducible, and the host reads the device only when it logs."""
 
 import re
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import matplotlib.pyplot
 import numpy as np
 import pytest
 import torch
-from conftest import HALF_PRECISION_SIZE, checkpoint_of, history, image_pair, run_deblur
+from conftest import HALF_PRECISION_SIZE, ROOT, checkpoint_of, history, image_pair, run_deblur
 from PIL import Image
 from torchvision.models import VGG19_Weights
 
@@ -178,6 +180,18 @@ def test_auto_precision_on_a_cpu_is_bfloat16_only_where_it_is_fast(monkeypatch):
         assert amp_dtype_for("auto", cpu) == expected
     assert amp_dtype_for("auto", torch.device("cuda")) == torch.float16
     assert amp_dtype_for("bfloat16", cpu) == torch.bfloat16
+
+
+def test_every_thread_of_a_job_computes_numbers_below_float32s_smallest_as_zero():
+    # In a fresh process, as a user's run starts: 1e-40 is a float32 denormal, slow on some CPUs
+    job = (
+        "import torch, Deblur\n"
+        "torch.set_num_threads(2)\n"
+        "try:\n    Deblur.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print(int((torch.full((4_000_000,), 1e-20) * 1e-20).count_nonzero()))"
+    )
+    ran = subprocess.run([sys.executable, "-c", job], cwd=ROOT, capture_output=True, text=True)
+    assert ran.returncode == 0 and ran.stdout.splitlines()[-1] == "0", ran.stderr
 
 
 def test_unloadable_vgg_weights_mean_mse_only_with_an_explanation(photo_path, tmp_path, capsys):

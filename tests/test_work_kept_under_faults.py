@@ -413,7 +413,7 @@ def flat(folder):
 # (case, how to make the image in a folder, extra arguments, exit code, words in the output)
 SMALLER_FAULTS = [
     ("a flat image", flat, [], 0, "(no blur to undo)"),
-    ("blur radius 0", save_photo, ["--blur_radius", "0"], 0, "Wiener oracle: no blur to undo"),
+    ("blur radius 0", save_photo, ["--blur_radius", "0"], 0, "classical result: no blur to undo"),
     ("an animated image", animated, [], 0, "used its first frame only"),
     ("output_dir /proc", save_photo, ["--output_dir", "/proc"], 2, "cannot create files in"),
     ("a 16-bit RGB PNG", rgb16_png, [], 0, "deep.png: reduced it to 8"),
