@@ -35,20 +35,30 @@ def blur_kernel(kind, radius, angle=0.0):
     """The blur of a fixed kind as its kernel: what the classical baselines deconvolve."""
     if kind == "gaussian":
         return np.outer(pillow_gaussian_1d(radius), pillow_gaussian_1d(radius))
-    half = math.ceil(radius)
-    y, x = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float64)
-    if kind == "box":  # a square 2 * radius + 1 pixels a side; its edge pixels partly covered
-        side = np.clip(radius + 1 - np.abs(x[0]), 0, 1)
-        kernel = np.outer(side, side)
-    elif kind == "defocus":  # the uniform disk an out-of-focus lens spreads a point into
-        kernel = (x**2 + y**2 <= radius**2).astype(np.float64)
-    elif kind == "motion":  # a line 2 * radius + 1 pixels long through the centre, anti-aliased
-        along = np.cos(np.radians(angle)) * x - np.sin(np.radians(angle)) * y  # rows grow downwards
-        across = np.sin(np.radians(angle)) * x + np.cos(np.radians(angle)) * y
-        kernel = np.clip(1 - np.abs(across), 0, 1) * (np.abs(along) <= radius)
-    else:
+    if kind not in DRAWN_SHAPES:
         raise ValueError(f"unknown blur kind {kind!r}; the kinds are {', '.join(BLUR_KINDS)}")
-    return kernel / kernel.sum()
+    return drawn_shapes(kind, np.array([radius]), np.array([angle]), math.ceil(radius))[0]
+
+
+DRAWN_SHAPES = ("box", "defocus", "motion")  # the kinds whose kernel is a formula of the grid
+
+
+def drawn_shapes(kind, radii, angles, half):
+    """(N, 2 * half + 1, 2 * half + 1): a kernel of one of DRAWN_SHAPES for each radius and angle
+    (in degrees), at once, each summing to 1; a kernel reaching less than `half` pixels is
+    zero past its reach."""
+    y, x = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float64)
+    radius = radii.reshape(-1, 1, 1)
+    if kind == "box":  # a square 2 * radius + 1 pixels a side; its edge pixels partly covered
+        kernels = np.clip(radius + 1 - np.abs(x), 0, 1) * np.clip(radius + 1 - np.abs(y), 0, 1)
+    elif kind == "defocus":  # the uniform disk an out-of-focus lens spreads a point into
+        kernels = (x**2 + y**2 <= radius**2).astype(np.float64)
+    else:  # motion: a line 2 * radius + 1 pixels long through the centre, anti-aliased
+        angle = np.radians(angles).reshape(-1, 1, 1)
+        along = np.cos(angle) * x - np.sin(angle) * y  # rows grow downwards
+        across = np.sin(angle) * x + np.cos(angle) * y
+        kernels = np.clip(1 - np.abs(across), 0, 1) * (np.abs(along) <= radius)
+    return kernels / kernels.sum(axis=(1, 2), keepdims=True)
 
 
 def pillow_gaussian_1d(radius):
@@ -90,81 +100,92 @@ SHAPES["none"] = 0.1
 
 
 def random_kernels(count, radius, generator):
-    """`count` kernels of the random family, each drawn afresh by `generator` (the same state, the
-    same kernels): a shape of SHAPES, a size between 0 and `radius` (how far the kernel reaches from
-    its centre), and for the directed ones an angle. All are 2 * ceil(radius) + 1 pixels square."""
+    """`count` kernels of the random family, drawn by `generator` (the same state, the same
+    kernels) as one batch, without a Python step per kernel: a shape of SHAPES each, a size
+    between 0 and `radius` (how far the kernel reaches from its centre), and for the directed
+    ones an angle. All are 2 * ceil(radius) + 1 pixels square."""
     half = math.ceil(radius)
     odds = torch.tensor(list(SHAPES.values()))
-    kernels = []
-    for _ in range(count):
-        shape = list(SHAPES)[int(torch.multinomial(odds, 1, generator=generator))]
-        size, angle = torch.rand(2, generator=generator, dtype=torch.float64).tolist()
-        size, angle = size * radius, angle * 180
+    shapes = torch.multinomial(odds, count, replacement=True, generator=generator).numpy()
+    sizes, angles = torch.rand(2, count, generator=generator, dtype=torch.float64).numpy()
+    sizes, angles = sizes * radius, angles * 180
+    kernels = np.zeros((count, 2 * half + 1, 2 * half + 1))
+    for number, shape in enumerate(SHAPES):
+        chosen = shapes == number
+        if not chosen.any():
+            continue
         if shape == "none":
-            kernel = np.ones((1, 1))
+            kernels[chosen, half, half] = 1
         elif shape == "camera shake":
-            kernel = camera_shake(size, half, generator)
+            kernels[chosen] = camera_shakes(sizes[chosen], half, generator)
         elif shape == "gaussian":
-            kernel = oriented_gaussian(size, angle, half, generator)
+            kernels[chosen] = oriented_gaussians(sizes[chosen], angles[chosen], half, generator)
         else:
-            kernel = blur_kernel(shape, size, angle)
-        kernels.append(centred(kernel, half))
-    return np.stack(kernels)
+            kernels[chosen] = drawn_shapes(shape, sizes[chosen], angles[chosen], half)
+    return kernels
 
 
-def camera_shake(size, half, generator, steps=64):
-    """A hand's shake during the exposure: a random walk with inertia (the velocity keeps part of
-    itself and gets a random push each step; Boracchi & Foi 2012 model it so), sampled evenly in
-    time, so that the kernel is brighter where the camera moved slowly. Its centroid is the
-    kernel's centre (the photo does not shift), its farthest point `size` pixels from it, and each
-    point is shared between the four pixels around it (anti-aliased)."""
-    inertia = 0.6 + 0.35 * torch.rand((), generator=generator, dtype=torch.float64)
-    pushes = torch.randn(steps, 2, generator=generator, dtype=torch.float64)
-    velocity = position = torch.zeros(2, dtype=torch.float64)
+def camera_shake(size, half, generator):
+    """One camera_shakes kernel reaching `size` pixels, (2 * half + 1) square."""
+    return camera_shakes(np.array([size]), half, generator)[0]
+
+
+def camera_shakes(sizes, half, generator, steps=64):
+    """A hand's shake during the exposure, one for each of `sizes`: a random walk with inertia (the
+    velocity keeps part of itself and gets a random push each step; Boracchi & Foi 2012 model it
+    so), sampled evenly in time, so that the kernel is brighter where the camera moved slowly.
+    Its centroid is the kernel's centre (the photo does not shift), its farthest point `size`
+    pixels from it, and each point is shared between the four pixels around it (anti-aliased).
+    The walks are taken side by side: a step of Python per step of the walk, none per kernel."""
+    count = len(sizes)
+    inertia = 0.6 + 0.35 * torch.rand(count, 1, generator=generator, dtype=torch.float64)
+    pushes = torch.randn(count, steps, 2, generator=generator, dtype=torch.float64)
+    velocity = position = torch.zeros(count, 2, dtype=torch.float64)
     path = []
-    for push in pushes:
-        velocity = inertia * velocity + push
+    for step in range(steps):
+        velocity = inertia * velocity + pushes[:, step]
         position = position + velocity
         path.append(position)
-    path = torch.stack(path)
+    path = torch.stack(path, dim=1)  # (count, steps, 2)
     between = torch.linspace(0, 1, 16, dtype=torch.float64)[:-1, None, None]  # 15 in each step
-    path = (path[:-1] + between * (path[1:] - path[:-1])).transpose(0, 1).reshape(-1, 2)
-    path = path - path.mean(dim=0)
-    farthest = path.abs().max()
-    path = path * (size / farthest) if farthest > 0 else path
+    path = path[:, None, :-1] + between * (path[:, None, 1:] - path[:, None, :-1])
+    path = path.transpose(1, 2).reshape(count, -1, 2)
+    path = path - path.mean(dim=1, keepdim=True)
+    farthest = path.abs().amax(dim=(1, 2))
+    scale = torch.from_numpy(np.asarray(sizes, dtype=np.float64)) / farthest
+    path = path * torch.where(farthest > 0, scale, 1.0)[:, None, None]
     return splatted(path + half, 2 * half + 1)
 
 
 def splatted(points, side):
-    """A kernel side x side of the (x, y) points, each point's weight shared bilinearly."""
-    kernel = torch.zeros(side, side, dtype=torch.float64)
+    """(N, side, side) kernels of the (N, n, 2) (x, y) points, each point's weight shared
+    bilinearly between the four pixels around it; each kernel sums to 1."""
+    count = points.shape[0]
+    kernels = torch.zeros(count, side, side, dtype=torch.float64)
+    which = torch.arange(count)[:, None].expand(points.shape[:2])
     low = points.floor()
     fraction = points - low
     for step_x, step_y in ((0, 0), (1, 0), (0, 1), (1, 1)):
-        weight_x = fraction[:, 0] if step_x else 1 - fraction[:, 0]
-        weight_y = fraction[:, 1] if step_y else 1 - fraction[:, 1]
-        columns = (low[:, 0] + step_x).long().clamp(0, side - 1)
-        rows = (low[:, 1] + step_y).long().clamp(0, side - 1)
-        kernel.index_put_((rows, columns), weight_x * weight_y, accumulate=True)
-    return (kernel / kernel.sum()).numpy()
+        weight_x = fraction[..., 0] if step_x else 1 - fraction[..., 0]
+        weight_y = fraction[..., 1] if step_y else 1 - fraction[..., 1]
+        columns = (low[..., 0] + step_x).long().clamp(0, side - 1)
+        rows = (low[..., 1] + step_y).long().clamp(0, side - 1)
+        kernels.index_put_((which, rows, columns), weight_x * weight_y, accumulate=True)
+    return (kernels / kernels.sum(dim=(1, 2), keepdim=True)).numpy()
 
 
-def oriented_gaussian(size, angle, half, generator):
-    """A sampled Gaussian reaching `size` pixels (three standard deviations) along `angle`, and a
-    random fraction of that across: the blur of a lens or of air, round or not."""
-    across = 0.3 + 0.7 * float(torch.rand((), generator=generator, dtype=torch.float64))
-    along_sigma = max(size / 3, 0.2)
+def oriented_gaussians(sizes, angles, half, generator):
+    """Sampled Gaussians, each reaching its size in pixels (three standard deviations) along its
+    angle, and a random fraction of that across: the blur of a lens or of air, round or not."""
+    across = 0.3 + 0.7 * torch.rand(len(sizes), generator=generator, dtype=torch.float64).numpy()
+    along_sigma = np.maximum(sizes / 3, 0.2).reshape(-1, 1, 1)
+    across_sigma = across.reshape(-1, 1, 1) * along_sigma
+    angle = np.radians(angles).reshape(-1, 1, 1)
     y, x = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float64)
-    along = np.cos(np.radians(angle)) * x - np.sin(np.radians(angle)) * y
-    other = np.sin(np.radians(angle)) * x + np.cos(np.radians(angle)) * y
-    kernel = np.exp(-0.5 * ((along / along_sigma) ** 2 + (other / (across * along_sigma)) ** 2))
-    return kernel / kernel.sum()
-
-
-def centred(kernel, half):
-    """The kernel in the middle of a (2 * half + 1)-pixel square of zeros."""
-    pad = half - kernel.shape[0] // 2
-    return np.pad(kernel, pad) if pad > 0 else kernel
+    along = np.cos(angle) * x - np.sin(angle) * y
+    other = np.sin(angle) * x + np.cos(angle) * y
+    kernels = np.exp(-0.5 * ((along / along_sigma) ** 2 + (other / across_sigma) ** 2))
+    return kernels / kernels.sum(axis=(1, 2), keepdims=True)
 
 
 def kernel_spread(kernels):

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import Deblur  # noqa: E402
+from blurs import drawn  # noqa: E402
 from PerceptualLoss import VGG19Loss  # noqa: E402
 from plumbing.command_line import (  # noqa: E402
     ANY_BLUR_QUICK_LOOK,
@@ -120,6 +121,7 @@ def folder_benchmark(args):
     for name, quick_look in (
         ("one blur", FOLDER_QUICK_LOOK),
         ("any blur", ANY_BLUR_QUICK_LOOK),
+        ("any blur, a GPU's batch", f"{ANY_BLUR_QUICK_LOOK} --batch_size 32 --crop_size 128"),
         ("blind", BLIND_QUICK_LOOK),
     ):
         cfg, facts = settings(["--image_path", "data/train", *quick_look.split()])
@@ -132,6 +134,8 @@ def folder_benchmark(args):
             batches = Deblur.folder_batches(pixels, cfg, facts, generator, None)
             steps[f"step, {where}"] = deblur_step(cfg, facts, batches, None)
             steps[f"batch, {where}"] = lambda b=batches: next(b)
+        drawing = torch.Generator().manual_seed(0)
+        steps["kernels"] = lambda c=cfg, g=drawing: drawn(c, c.batch_size, g)  # on the host
         seconds = timed(steps, args.warmup, args.repeats, facts.processor)
         print(f"{name}: {cfg.batch_size} crops of {cfg.crop_size} px, {str(facts.amp)[6:]}:")
         for where in ("cache", "memory"):
@@ -141,6 +145,8 @@ def folder_benchmark(args):
                 f"{batch * 1000:.1f} ms ({batch / step:.0%})",
                 flush=True,
             )
+        drawing_ms = seconds["kernels"] * 1000
+        print(f"  drawing its kernels and noise levels: {drawing_ms:.2f} ms", flush=True)
 
 
 def main():

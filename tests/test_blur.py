@@ -8,6 +8,7 @@ from conftest import image_pair, make_photo, save_photo
 from PIL import Image, ImageFilter
 from torch.nn import functional as F
 
+import blurs
 from blurs import QUANTISATION, blur, blur_kernel, camera_shake, photographed, random_kernels
 from deconvolution import estimated_noise
 from plumbing.images import image_to_tensor
@@ -125,6 +126,29 @@ def test_random_kernels_are_seeded_sum_to_1_and_fill_one_canvas():
     assert np.allclose(first.sum(axis=(1, 2)), 1) and (first >= 0).all()
     supports = [np.count_nonzero(kernel > 1e-9) for kernel in first]
     assert min(supports) < 10 and max(supports) > 100  # from nearly sharp to wide
+
+
+def test_random_kernels_are_drawn_a_shape_at_a_time_in_proportion(monkeypatch):
+    made = {}  # {shape: [how many each call made]}
+
+    def counted(real):
+        def counting(*args):
+            kernels = real(*args)
+            shape = args[0] if isinstance(args[0], str) else real.__name__
+            made.setdefault(shape, []).append(len(kernels))
+            return kernels
+
+        return counting
+
+    for name in ("camera_shakes", "oriented_gaussians", "drawn_shapes"):
+        monkeypatch.setattr(blurs, name, counted(getattr(blurs, name)))
+    kernels = random_kernels(2000, 7.5, torch.Generator().manual_seed(5))
+    assert all(len(counts) == 1 for counts in made.values()), made  # one call for each shape
+    names = {"camera_shakes": "camera shake", "oriented_gaussians": "gaussian"}
+    shares = {names.get(shape, shape): counts[0] / 2000 for shape, counts in made.items()}
+    shares["none"] = 1 - sum(shares.values())
+    assert shares == pytest.approx(blurs.SHAPES, abs=0.03)
+    assert kernels.shape == (2000, 17, 17) and np.allclose(kernels.sum(axis=(1, 2)), 1)
 
 
 def test_a_camera_shake_is_a_path_centred_on_the_kernel_and_as_long_as_asked():
