@@ -129,9 +129,9 @@ def check_blur_fits(kernel, image, setting, trained=None):
     (the settings a checkpoint for any blur learned), a blur wider than it learned is said."""
     width = kernel.shape[0]
     height, breadth = image.shape[-2:]
-    if trained and trained.blur_kind == "random":
-        note_if_wider_than_trained(np.asarray(kernel), 2 * math.ceil(trained.blur_radius) + 1)
     if width <= min(height, breadth):
+        if trained and trained.blur_kind == "random":
+            note_if_wider_than_trained(np.asarray(kernel), 2 * math.ceil(trained.blur_radius) + 1)
         return
     if setting == "apply":
         told, fix = "the photo", "name a smaller --blur_radius, or crop --kernel to the blur"
