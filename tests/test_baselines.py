@@ -4,13 +4,14 @@ never saw."""
 
 import numpy as np
 import pytest
+import skimage
 import torch
 from conftest import ROOT, image_pair, run_deblur, save_photo
 from PIL import Image
 from skimage import restoration
 
 import deconvolution
-from blurs import blur, blur_kernel, photographed, random_kernels
+from blurs import blur, blur_kernel, camera_shake, photographed, random_kernels
 from deconvolution import (
     richardson_lucy,
     rl_iterations,
@@ -40,6 +41,24 @@ def test_wiener_and_richardson_lucy_improve_on_the_blurred_image(tmp_path, kind,
     for name, least_gain in (("Wiener", 1.0), ("Richardson–Lucy", 0.0)):
         assert restored[name].shape == blurred.shape
         assert image_quality(restored[name], sharp)[0] > blurred_psnr + least_gain, name
+
+
+def test_richardson_lucy_in_float32_holds_in_black_regions():
+    # Coins on a dark ground: float32's FFT left the reblurred dark a rounding error from zero,
+    # and the ratio by it blew up (6.8 dB where float64 reaches 20.5)
+    generator = torch.Generator().manual_seed(8)
+    top, left = torch.randint(0, 204, (2,), generator=generator).tolist()
+    coins = skimage.data.coins()[top : top + 96, left : left + 96]
+    sharp = torch.from_numpy(coins / 255).float().expand(1, 3, 96, 96)
+    kernel = camera_shake(9, 9, generator)
+    blurred = photographed(blur(sharp, kernel), 2.5, generator)
+    restored = richardson_lucy(blurred, kernel, 30)
+    pixels = np.pad(blurred[0].double().numpy(), ((0, 0), (19, 19), (19, 19)), mode="edge")
+    theirs = [restoration.richardson_lucy(channel, kernel, num_iter=30) for channel in pixels]
+    theirs = torch.from_numpy(np.stack(theirs)[:, 19:-19, 19:-19].clip(0, 1))[None].float()
+    assert image_quality(restored, sharp, 9)[0] == pytest.approx(
+        image_quality(theirs, sharp, 9)[0], abs=0.05
+    )
 
 
 @pytest.mark.parametrize("noise", [1.0, 4.0])
