@@ -1,5 +1,5 @@
 """Reading images as 8-bit RGB (each change said in a note) and turning images into tensors and
-back (a folder of them: photo_folder.py). Blurring and deblurring are the method's, in Deblur.py.
+back (a folder of them: photo_folder.py). Blurring is blurs.py's; deblurring, the method's.
 """
 
 import math
