@@ -1,6 +1,7 @@
 """The classical deconvolutions that use the known kernel (blurs.py's): Wiener, with a balance
-that follows the noise and the kernel (also the network's first step), and Richardson-Lucy; and
-the noise a photo has, which both need. results.py sets what they give beside the network.
+that follows the noise and the kernel (also the network's first step), Richardson-Lucy, and total
+variation (a sparse gradient prior); and the noise a photo has, which they need. results.py sets
+what they give beside the network.
 """
 
 import math

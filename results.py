@@ -155,7 +155,7 @@ def describe(result, blurred):
 
 def save_comparison(rows, path):
     """comparison.png: a row per image, the original's panels (original, blurred, reconstructed)
-    with the strongest baseline before the last, and the image's kernel drawn on the blurred one."""
+    with the Wiener oracle before the last, and the image's kernel drawn on the blurred one."""
     import matplotlib.pyplot as plt  # a third of a second to import: only when drawing
 
     figure, axes = plt.subplots(len(rows), 4, figsize=(20, 5.6 * len(rows)), squeeze=False)
