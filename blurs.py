@@ -97,6 +97,7 @@ def kernel_width(settings):
 # a sharp photo (no blur) is there too, so that the network learns to leave one alone.
 SHAPES = {"camera shake": 0.4, "motion": 0.125, "gaussian": 0.125, "defocus": 0.125, "box": 0.125}
 SHAPES["none"] = 0.1
+ODDS = torch.tensor(list(SHAPES.values()))  # for torch.multinomial, made once
 
 
 def random_kernels(count, radius, generator):
@@ -105,8 +106,7 @@ def random_kernels(count, radius, generator):
     between 0 and `radius` (how far the kernel reaches from its centre), and for the directed
     ones an angle. All are 2 * ceil(radius) + 1 pixels square."""
     half = math.ceil(radius)
-    odds = torch.tensor(list(SHAPES.values()))
-    shapes = torch.multinomial(odds, count, replacement=True, generator=generator).numpy()
+    shapes = torch.multinomial(ODDS, count, replacement=True, generator=generator).numpy()
     sizes, angles = torch.rand(2, count, generator=generator, dtype=torch.float64).numpy()
     sizes, angles = sizes * radius, angles * 180
     kernels = np.zeros((count, 2 * half + 1, 2 * half + 1))

@@ -235,10 +235,9 @@ def median_between_steps(values):
     them: where it falls within the count of values at the median step, as if they were spread
     evenly across it (the grouped median). The plain median of whole numbers is one: 1.2 and 1.7
     steps of noise were both told 1.45."""
-    middle = values.round().median()
-    lower_edge = max(float(middle) - 0.5, 0.0)
+    steps = values.round()
+    middle = float(steps.median())
+    lower_edge = max(middle - 0.5, 0.0)  # the median step's span: from here to middle + 0.5
     below = int((values < lower_edge).sum())
-    at_middle = int((values.round() == middle).sum())
-    return lower_edge + (values.numel() / 2 - below) / at_middle * (
-        float(middle) + 0.5 - lower_edge
-    )
+    at_middle = int((steps == middle).sum())
+    return lower_edge + (values.numel() / 2 - below) / at_middle * (middle + 0.5 - lower_edge)

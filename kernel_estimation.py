@@ -69,8 +69,11 @@ def estimate_kernel(photo, width, noise, between_rounds=None, say=print):
 def reason_to_doubt(grey, noise):
     """Why no kernel should be estimated from this grey image, or None: where even its strongest
     edges (0.1%) stand less than EDGES_OVER_NOISE times above the noise, a kernel fitted to them
-    is fitted to noise, and undoing it makes the photo worse (docs/blind.md, by up to 18 dB)."""
-    strength = gradients(grey).square().sum(0).sqrt().flatten()
+    is fitted to noise, and undoing it makes the photo worse (docs/blind.md, by up to 18 dB);
+    where fewer than WIDE_SHARE of its strongest edges (2%) are wide_edges, it is fitted to
+    strokes finer than the blur, and rings (4 of 7 pages of text ended below their input)."""
+    magnitude = gradients(grey).square().sum(0).sqrt()
+    strength = magnitude.flatten()
     strongest = float(strength.kthvalue(max(int(0.999 * strength.numel()), 1)).values) * 255
     if strongest < 1:
         return "the photo has no edges to tell a blur by (a flat colour?)"
@@ -82,24 +85,14 @@ def reason_to_doubt(grey, noise):
             f"the photo's strongest edges stand only {over_noise:.0f} times above its noise "
             f"(at least {EDGES_OVER_NOISE} are needed to tell a blur from noise)"
         )
-    if wide_share(grey) < WIDE_SHARE:
+    inside = magnitude[3:-3, 3:-3]  # the gradients wrap around the border
+    wide = wide_edges(grey)[3:-3, 3:-3][inside >= inside.quantile(0.98)]
+    if wide.float().mean() < WIDE_SHARE:
         return (
             "most of the photo's strongest edges are finer than a blur (text? a fine texture?): "
             "they cannot tell its kernel"
         )
     return None
-
-
-def wide_share(grey):
-    """The share of the grey image's strongest edges (2%) that are wide_edges, its border (which
-    its gradients wrap around) left out. Fitted to strokes finer than the blur, a kernel comes out
-    wrong and rings: 4 of 7 pages of text ended below their input (docs/blind.md)."""
-    inside = (slice(3, -3), slice(3, -3))
-    strength = gradients(grey).square().sum(0)[inside].flatten()
-    if strength.numel() == 0:
-        return 1.0
-    strongest = strength >= strength.quantile(0.98)
-    return float(wide_edges(grey)[inside].flatten()[strongest].float().mean())
 
 
 def say_progress(say, scale, widths, blurred, began):

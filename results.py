@@ -91,15 +91,22 @@ def compared(setting, pair, restored):
     and at this image's best balance, an oracle; Richardson-Lucy; the sparse gradient prior),
     each with its PSNR and SSIM (Pair.border left out)."""
     blurred, sharp, kernel, noise = pair
-    images = {
-        "Blurred": blurred,
-        "Wiener": wiener(blurred, kernel, wiener_balance(kernel, noise)),
-        "Wiener oracle": best_wiener(blurred, kernel, sharp, pair.border),
-        "Richardson–Lucy": richardson_lucy(blurred, kernel, rl_iterations(noise)),
-        "Sparse prior": sparse_deconvolution(blurred, kernel, sparse_fidelity(noise)),
-        "Network": restored,
-    }
+    deconvolved = deconvolutions(blurred, kernel, noise, sharp, pair.border)
+    images = {"Blurred": blurred, **{name: make() for name, make in deconvolved.items()}}
+    images["Network"] = restored
     return row_of(setting, images, sharp, pair.border, kernel)
+
+
+def deconvolutions(blurred, kernel, noise, sharp, border):
+    """{name: a function that makes it}: the classical deconvolutions of `blurred` with its known
+    kernel and noise that a network is set beside, here and in the benchmarks (the oracle is
+    told the sharp image and the border the metrics leave out)."""
+    return {
+        "Wiener": lambda: wiener(blurred, kernel, wiener_balance(kernel, noise)),
+        "Wiener oracle": lambda: best_wiener(blurred, kernel, sharp, border),
+        "Richardson–Lucy": lambda: richardson_lucy(blurred, kernel, rl_iterations(noise)),
+        "Sparse prior": lambda: sparse_deconvolution(blurred, kernel, sparse_fidelity(noise)),
+    }
 
 
 def row_of(setting, images, sharp, border, kernel):

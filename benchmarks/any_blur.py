@@ -30,17 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 import Deblur  # noqa: E402
 from blurs import blur, blur_kernel, camera_shake, photographed  # noqa: E402
-from deconvolution import (  # noqa: E402
-    richardson_lucy,
-    rl_iterations,
-    sparse_deconvolution,
-    sparse_fidelity,
-    wiener,
-    wiener_balance,
-)
 from plumbing.checkpoint_fields import trained_settings  # noqa: E402
 from plumbing.images import image_to_tensor  # noqa: E402
-from results import best_wiener, image_quality  # noqa: E402
+from results import deconvolutions, image_quality  # noqa: E402
 
 HELD_OUT = 2**32 + 77  # the camera shakes reported; recipes are chosen with VALIDATION's
 VALIDATION = 2**32 + 78
@@ -88,12 +80,8 @@ def scores(photos, checkpoints, noise, shakes):
             generator = torch.Generator().manual_seed(len(found))
             blurred = photographed(blur(sharp, kernel), noise, generator)
             border = WIDTH // 2
-            images = {
-                "Wiener": wiener(blurred, kernel, wiener_balance(kernel, noise)),
-                "Wiener oracle": best_wiener(blurred, kernel, sharp, border),
-                "Richardson-Lucy": richardson_lucy(blurred, kernel, rl_iterations(noise)),
-                "Sparse prior": sparse_deconvolution(blurred, kernel, sparse_fidelity(noise)),
-            }
+            deconvolved = deconvolutions(blurred, kernel, noise, sharp, border)
+            images = {method: make() for method, make in deconvolved.items()}
             with torch.no_grad():
                 for label, (net, trained) in networks.items():
                     undone = kernel if trained.blur_kind == "random" else trained_kernel(trained)

@@ -24,28 +24,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from blind import PHOTOS, REACHES, SHIPPED_MODEL, WIDTH, cases, load_network, restored  # noqa: E402
 
-from deconvolution import (  # noqa: E402
-    richardson_lucy,
-    rl_iterations,
-    sparse_deconvolution,
-    sparse_fidelity,
-    wiener,
-    wiener_balance,
-)
-from results import best_wiener, image_quality  # noqa: E402
+from results import deconvolutions, image_quality  # noqa: E402
 
-METHODS = ("Wiener", "Wiener oracle", "Richardson-Lucy", "Sparse prior", "Network")
+METHODS = ("Wiener", "Wiener oracle", "Richardson–Lucy", "Sparse prior", "Network")
 
 
 def restorations(net, trained, blurred, sharp, kernel, noise):
     """{method: (restored image, seconds)} with the true kernel and noise level."""
-    made = {
-        "Wiener": lambda: wiener(blurred, kernel, wiener_balance(kernel, noise)),
-        "Wiener oracle": lambda: best_wiener(blurred, kernel, sharp, WIDTH // 2),
-        "Richardson-Lucy": lambda: richardson_lucy(blurred, kernel, rl_iterations(noise)),
-        "Sparse prior": lambda: sparse_deconvolution(blurred, kernel, sparse_fidelity(noise)),
-        "Network": lambda: restored(net, trained, blurred, kernel, noise),
-    }
+    made = deconvolutions(blurred, kernel, noise, sharp, WIDTH // 2)
+    made["Network"] = lambda: restored(net, trained, blurred, kernel, noise)
     found = {}
     for method, make in made.items():
         began = time.perf_counter()

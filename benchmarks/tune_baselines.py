@@ -28,7 +28,12 @@ from any_blur import PHOTOS, WIDTH  # noqa: E402
 
 import deconvolution  # noqa: E402
 from blurs import QUANTISATION, blur, photographed, random_kernels  # noqa: E402
-from deconvolution import richardson_lucy, sparse_deconvolution, sparse_fidelity, wiener  # noqa: E402
+from deconvolution import (  # noqa: E402
+    richardson_lucy,
+    sparse_deconvolution,
+    sparse_fidelity,
+    wiener,
+)
 from plumbing.images import image_to_tensor  # noqa: E402
 from results import image_quality  # noqa: E402
 

@@ -149,13 +149,18 @@ def check_blur_fits(kernel, image, setting, trained=None):
 def note_if_wider_than_trained(kernel, trained_width):
     """A network trained on blurs up to trained_width pixels wide has not learned to mend what
     Wiener leaves of a wider one: it is said, not refused (a blur a little wider may still do)."""
-    rows, columns = np.flatnonzero(kernel.any(1)), np.flatnonzero(kernel.any(0))
-    width = max(rows[-1] - rows[0], columns[-1] - columns[0]) + 1
+    width = max(extent(kernel))
     if width > trained_width:
         note(
             f"the blur is {width} pixels wide, wider than the {trained_width} the network was "
             f"trained on: it may ring (a network trained with a larger --blur_radius undoes it)"
         )
+
+
+def extent(kernel):
+    """(width, height) in pixels of a kernel's non-zero part: how far the camera moved."""
+    rows, columns = np.flatnonzero(kernel.any(1)), np.flatnonzero(kernel.any(0))
+    return int(columns[-1] - columns[0] + 1), int(rows[-1] - rows[0] + 1)
 
 
 ESTIMATION_MARGIN = 3  # a blur is estimated from a photo at least this many kernels wide

@@ -10,7 +10,7 @@ from PIL import Image, UnidentifiedImageError
 
 from plumbing.errors import DeblurError, note
 from plumbing.files import free_output_name, name_checked, save_image
-from plumbing.images import check_photo_fits_estimation
+from plumbing.images import check_photo_fits_estimation, extent
 from plumbing.job import stop_point
 
 KERNEL_MOST = 255  # pixels a side of a measured blur kernel: more is background, not blur
@@ -113,12 +113,6 @@ def blind_kernel(estimate, photo, noise, cfg, stop, photo_path):
     across, high = extent(kernel)
     note(f"estimated the blur: {across}x{high} px, saved as {saved} (--kernel reads it)")
     return kernel
-
-
-def extent(kernel):
-    """(width, height) in pixels of a kernel's non-zero part: how far the camera moved."""
-    rows, columns = np.flatnonzero(kernel.any(1)), np.flatnonzero(kernel.any(0))
-    return int(columns[-1] - columns[0] + 1), int(rows[-1] - rows[0] + 1)
 
 
 def save_kernel(kernel, output_dir, photo_path):
