@@ -5,11 +5,9 @@ training loop, results, the job; the blur model is in blurs.py, the plumbing in 
 """
 
 import math
-from contextlib import nullcontext
 from copy import deepcopy
 from functools import partial
 from itertools import repeat
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -17,20 +15,22 @@ from PIL import ImageFilter
 from torch import nn
 from torch.nn import functional as F
 
-from blurs import BLUR_KINDS, Pair, blur, blur_kernel, described, drawn, kernel_width, photographed
+from blurs import Pair, blur, blur_kernel, described, drawn, kernel_width, photographed
 from deconvolution import estimated_noise, wiener, wiener_balance, wiener_margin
 from kernel_estimation import estimate_kernel
-from networks import DeblurNet, PatchDiscriminator, ResNet, UNet
+from networks import NETWORKS, PatchDiscriminator
 from PerceptualLoss import load_vgg19_loss
 from plumbing.checkpoints import (
+    Keeper,
     blur_to_undo,
     check_same_images,
+    checkpoint_to_resume,
     load_weights,
     note_estimated_noise,
     read_checkpoint,
     restore_training,
 )
-from plumbing.command_line import check_something_to_learn, settings_in
+from plumbing.command_line import check_something_to_learn
 from plumbing.device import (
     amp_dtype_for,
     compiled_on_first_batch,
@@ -38,7 +38,7 @@ from plumbing.device import (
     mixed_precision,
     pick_device,
 )
-from plumbing.files import locked_output_dir, photo_output, save_image, space_needed
+from plumbing.files import photo_output, run_output_dir, save_image, space_needed
 from plumbing.images import (
     as_image,
     check_blur_fits,
@@ -52,69 +52,71 @@ from plumbing.kernel_file import blind_kernel, read_kernel
 from plumbing.photo_folder import training_photos
 from plumbing.processes import Team, itself, join, this_process, together
 from plumbing.progress import Progress, print_plan
+from plumbing.settings import declared
 from plumbing.tiles import restored_in_tiles
-from results import compared, image_quality, print_summary, save_results
+from results import Frames, compared, image_quality, print_summary, psnr_from_mse, save_results
 
 # ---- Settings: edit a line, or override it for one run: python Deblur.py --num_epochs 300
+# A comment's [brackets] say what the setting may be (read by plumbing/settings.py)
+# -- The problem the network learns to undo: a checkpoint resumes only with these unchanged
 image_path = "data/sample.jpg"  # the training image, or a folder of them (see crop_size)
-image_size = 512  # the image is resized to image_size x image_size pixels (16 to 4096)
-crop_size = 48  # a folder: each step trains on random crop_size x crop_size crops of its images
-batch_size = 16  # a folder: crops per step
-blur_kind = "gaussian"  # the blur: gaussian (Pillow's), motion, defocus, box, or random: any
-blur_radius = 5.0  # blur size in pixels: Gaussian sigma, half the motion length, disk or box radius
+image_size = 512  # the image is resized to image_size x image_size pixels [16 to 4096]
+blur_kind = "gaussian"  # the blur; gaussian is Pillow's, random any of them [blurs.BLUR_KINDS]
+blur_radius = 5.0  # Gaussian sigma, half a motion's length, disk or box radius, in px [0 to 682]
 blur_angle = 0.0  # direction of a motion blur, in degrees anticlockwise from horizontal
-noise_level = 0.0  # noise added after the blur, its standard deviation in 8-bit steps (0 to 64)
-num_epochs = 20000  # an epoch is one step: on the image pair, or on a folder's batch of crops
-lr = 0.0001  # Adam learning rate
-weight_decay = 1e-5  # Adam weight decay (L2 regularisation)
-mse_weight = 1.0  # weight of the pixel-wise loss (MSE, or L1: see pixel_loss)
-pixel_loss = "mse"  # the pixel-wise loss: mse (the original's) or l1, which sharpens less eagerly
-perceptual_weight = 0.1  # weight of the VGG19 perceptual loss; 0 skips loading VGG19 at all
-adversarial_weight = 0.0  # weight of the adversarial term (a PatchGAN discriminator); 0: none
-max_grad_norm = 1.0  # gradients are clipped to this norm
-log_every = 10  # print a progress line and a history.csv row every this many epochs (and the last)
-checkpoint_every = 1000  # write output_dir/checkpoint.pt every this many epochs (and at the end)
-seed = 0  # seeds the initialisation, crops and blurs: same seed and settings, same result on a CPU
+noise_level = 0.0  # noise added after the blur, its standard deviation in 8-bit steps [0 to 64]
+model = "deblurnet"  # the network; deblurnet is the original's [networks.NETWORKS]
+restore_from = "blurred"  # the network mends the blurred image, or Wiener's [blurred or wiener]
+# -- How it learns
+crop_size = 48  # a folder: each step trains on random crop_size x crop_size crops [1 to 4096]
+batch_size = 16  # a folder: crops per step [1 to 4096]
+num_epochs = 20000  # an epoch is one step: on the image pair, or on a folder's batch [1 to 1e9]
+lr = 0.0001  # Adam learning rate [above 0]
+weight_decay = 1e-5  # Adam weight decay (L2 regularisation) [at least 0]
+mse_weight = 1.0  # weight of the pixel-wise loss (MSE, or L1: see pixel_loss) [at least 0]
+pixel_loss = "mse"  # the pixel-wise loss: mse (the original's) or l1, sharpening less [mse or l1]
+perceptual_weight = 0.1  # weight of the VGG19 perceptual loss; 0 skips VGG19 at all [at least 0]
+adversarial_weight = 0.0  # weight of the adversarial term (a PatchGAN discriminator) [at least 0]
+max_grad_norm = 1.0  # gradients are clipped to this norm [above 0]
+seed = 0  # seeds weights, crops and blurs: same seed, same result on a CPU [0 to 4294967295]
+# -- The run: what it writes, where, and on what
+log_every = 10  # a progress line and a history.csv row every this many epochs [1 to 1e9]
+checkpoint_every = 1000  # output_dir/checkpoint.pt every this many epochs, and last [1 to 1e9]
 device = "auto"  # auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps
-amp_dtype = "auto"  # auto: float16 on CUDA, bfloat16 where fast, else float32 (or name one)
-torch_compile = "auto"  # torch.compile the network and VGG19: auto (on CUDA only), on or off
-model = "deblurnet"  # the network: deblurnet (the original's), unet or resnet (networks.py)
-restore_from = "blurred"  # what the network restores: the blurred image, or wiener (deconvolved)
+amp_dtype = "auto"  # auto: float16 on CUDA, bfloat16 if fast [auto, float16, bfloat16, float32]
+torch_compile = "auto"  # torch.compile the network and VGG19 (auto: on CUDA) [auto, on or off]
 holdout_path = "data/holdout.jpg"  # a second image, never trained on, to test on; '' skips it
 output_dir = "."  # where results, history.csv and checkpoint.pt are written (created if missing)
 resume = ""  # '' starts afresh; auto (or a bare --resume): output_dir/checkpoint.pt; or a path
 apply = ""  # a photo to deblur with the network in --resume's checkpoint, instead of training
 kernel = ""  # --apply: the photo's measured blur kernel, a grayscale image or a .npy array
-kernel_size = 31  # --apply without a kernel: the widest blur it estimates, in pixels (5 to 101)
+kernel_size = 31  # --apply without a kernel: the widest blur it estimates, in pixels [5 to 101]
 # ----
-SETTINGS = settings_in(globals())
+SETTINGS = declared(globals(), __file__)
 
 
 # ---- Data: a blurred image and its sharp original, always in that order (a Pair, blurs.py)
-def load_image_pair(path, size, cfg, generator, processor="cpu", setting="image_path"):
+def load_image_pair(path, size, cfg, generator, torch_device="cpu", setting="image_path"):
     """A Pair of (1, 3, H, W) tensors: the image blurred as the settings say (gaussian: Pillow's
     GaussianBlur, as the original), with noise, in 8 bits; random draws come from `generator`."""
     sharp_image = read_sharp(path, size, setting)
-    sharp = image_to_tensor(sharp_image, processor)
+    sharp = image_to_tensor(sharp_image, torch_device)
     kernels, noise = drawn(cfg, 1, generator)
     if cfg.blur_kind == "gaussian":  # exactly the original's blur
         blurred = sharp_image.filter(ImageFilter.GaussianBlur(radius=cfg.blur_radius))
-        blurred = image_to_tensor(blurred, processor)
+        blurred = image_to_tensor(blurred, torch_device)
     else:
         blurred = blur(sharp, kernels)
     blurred = photographed(blurred, noise, generator)
     return Pair(blurred, sharp, kernels.reshape(kernels.shape[-2:]), float(noise))
 
 
-# ---- Model: the original's DeblurNet, the U-Net or the ResNet (networks.py), and what it is given
-MODELS = {"deblurnet": DeblurNet, "unet": UNet, "resnet": ResNet}
-
-
-def make_network(name, restore_from, seed, processor):
-    """MODELS[name] for restore_from's input (network_input), initialised from `seed`."""
+# ---- Model: the original's DeblurNet, the U-Net or the ResNet (NETWORKS), and what it is given
+def make_network(name, restore_from, seed, torch_device):
+    """NETWORKS[name] for restore_from's input (network_input), initialised from `seed`."""
     torch.manual_seed(seed)  # the same seed, the same initial weights
     inputs = 5 if restore_from == "wiener" else 3
-    return MODELS[name](inputs).to(processor, memory_format=torch.channels_last)
+    return NETWORKS[name](inputs).to(torch_device, memory_format=torch.channels_last)
 
 
 def network_input(blurred, kernels, noise, cfg, pad=None):
@@ -128,11 +130,13 @@ def network_input(blurred, kernels, noise, cfg, pad=None):
 
 # ---- Loss: mse_weight x MSE (or L1) + perceptual_weight x VGG19 distance
 def losses(cfg, vgg, restored, sharp, target_maps):
-    """(the loss trained on, the MSE (logged, as PSNR, whatever the loss), the perceptual term)."""
+    """The loss terms by name, each logged and kept in history.csv: the total trained on, the MSE
+    (logged as PSNR too, whatever the pixel loss) and the perceptual term."""
     mse = F.mse_loss(restored, sharp)
     pixel = F.l1_loss(restored, sharp) if cfg.pixel_loss == "l1" else mse
     perceptual = vgg(restored, target_maps) if vgg else torch.zeros((), device=restored.device)
-    return cfg.mse_weight * pixel + cfg.perceptual_weight * perceptual, mse, perceptual
+    total = cfg.mse_weight * pixel + cfg.perceptual_weight * perceptual
+    return {"total": total, "mse": mse, "perceptual": perceptual}
 
 
 def adversarial_loss(scores, target):
@@ -153,11 +157,11 @@ def vgg_targets(vgg, sharp, facts):
 class Facts(NamedTuple):
     """What the settings decide for a run, worked out once and passed down."""
 
-    processor: torch.device
+    device: torch.device
     amp: torch.dtype  # the autocast dtype
     width: int  # the blur kernel's width (the random family's largest)
-    margin: int  # the real pixels a crop's network input needs around it (input_margin)
-    around_crop: int  # the real pixels cut around a folder's crop: the blur's, then the margin
+    input_margin: int  # the real pixels around a crop its network input needs (Wiener's margin)
+    around_crop: int  # the real pixels cut around a folder's crop: the blur's, then input_margin
     multi_tensor: bool  # PyTorch's fused and foreach kernels: on CUDA and the CPU, not Apple's MPS
     team: Team = Team()  # this process's place among torchrun's (Team(): alone)
 
@@ -165,16 +169,16 @@ class Facts(NamedTuple):
 def facts_of(cfg):
     """The run's Facts, from its settings."""
     team = this_process(cfg)
-    processor = pick_device(cfg.device, team)
-    amp = amp_dtype_for(cfg.amp_dtype, processor)
+    torch_device = pick_device(cfg.device, team)
+    amp = amp_dtype_for(cfg.amp_dtype, torch_device)
     width = kernel_width(cfg)
     margin = wiener_margin(width) if cfg.restore_from == "wiener" else 0
-    multi_tensor = processor.type != "mps"
-    return Facts(processor, amp, width, margin, width // 2 + margin, multi_tensor, team)
+    multi_tensor = torch_device.type != "mps"
+    return Facts(torch_device, amp, width, margin, width // 2 + margin, multi_tensor, team)
 
 
-class Critic(NamedTuple):
-    """The adversarial term's discriminator (under torchrun, in DDP), its Adam and its scaler."""
+class Discriminator(NamedTuple):
+    """The adversarial term's PatchDiscriminator (under torchrun, in DDP), its Adam and scaler."""
 
     net: nn.Module
     optimizer: torch.optim.Optimizer
@@ -183,16 +187,15 @@ class Critic(NamedTuple):
 
 def make_training(cfg, net, vgg_weights, facts):
     """The perceptual loss (None for MSE only), Adam and the gradient scaler for `net`, and the
-    Critic of the adversarial term (None at adversarial_weight 0)."""
-    torch.set_float32_matmul_precision("high")  # TF32 matmuls on CUDA (convolutions already are)
-    vgg = load_vgg19_loss(vgg_weights, facts.processor) if cfg.perceptual_weight else None
-    critic = None
+    Discriminator of the adversarial term (None at adversarial_weight 0)."""
+    vgg = load_vgg19_loss(vgg_weights, facts.device) if cfg.perceptual_weight else None
+    discriminator = None
     if cfg.adversarial_weight:
         torch.manual_seed(cfg.seed)  # the same seed, the same discriminator
-        discriminator = PatchDiscriminator().to(facts.processor, memory_format=torch.channels_last)
-        shared = together(discriminator, facts.team, facts.processor)  # torchrun: DDP
-        critic = Critic(shared, *adam_and_scaler(discriminator, cfg, facts))
-    return vgg, *adam_and_scaler(net, cfg, facts), critic
+        patches = PatchDiscriminator().to(facts.device, memory_format=torch.channels_last)
+        shared = together(patches, facts.team, facts.device)  # torchrun: DDP
+        discriminator = Discriminator(shared, *adam_and_scaler(patches, cfg, facts))
+    return vgg, *adam_and_scaler(net, cfg, facts), discriminator
 
 
 def adam_and_scaler(net, cfg, facts):
@@ -200,15 +203,15 @@ def adam_and_scaler(net, cfg, facts):
     skipped steps); and, under float16, a scaler that scales losses up so gradients survive."""
     fused = facts.multi_tensor
     adam = torch.optim.Adam(net.parameters(), cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
-    return adam, torch.amp.GradScaler(facts.processor.type, enabled=facts.amp == torch.float16)
+    return adam, torch.amp.GradScaler(facts.device.type, enabled=facts.amp == torch.float16)
 
 
 def folder_batches(images, cfg, facts, generator, vgg):
     """Every step, batch_size random crops of the folder's images, turned by a multiple of 90
     degrees and maybe mirrored (8 views of each), as (network input, sharp, VGG19 targets); each
     cut with margins (no made-up edge for the blur or Wiener), blurred with its own kernel."""
-    margin = facts.around_crop
-    size = cfg.crop_size + 2 * margin
+    around = facts.around_crop
+    size = cfg.crop_size + 2 * around
     while True:
         crops = []
         for index in torch.randint(len(images), (cfg.batch_size,), generator=generator):
@@ -222,16 +225,16 @@ def folder_batches(images, cfg, facts, generator, vgg):
         crops = torch.stack(crops)
         # Pinned, the copy to a GPU does not make the host wait (unpinned, it must: MPS copies
         # them wrong); and only 8-bit crops cross over, to be blurred on the device
-        pinned = facts.processor.type == "cuda"
+        pinned = facts.device.type == "cuda"
         crops = crops.pin_memory() if pinned else crops
-        crops = crops.to(facts.processor, non_blocking=pinned, memory_format=torch.channels_last)
+        crops = crops.to(facts.device, non_blocking=pinned, memory_format=torch.channels_last)
         sharp = crops / 255
         kernels, noise = drawn(cfg, cfg.batch_size, generator)
         blurred = photographed(blur(sharp, kernels, pad=False), noise, generator)
         inputs = network_input(blurred, kernels, noise, cfg, pad=facts.width)
-        inner = facts.margin  # the blur took its half-width off each side
+        inner = facts.input_margin  # the blur took its half-width off each side
         inputs = inputs[:, :, inner : inner + cfg.crop_size, inner : inner + cfg.crop_size]
-        sharp = sharp[:, :, margin : margin + cfg.crop_size, margin : margin + cfg.crop_size]
+        sharp = sharp[:, :, around : around + cfg.crop_size, around : around + cfg.crop_size]
         yield inputs, sharp, vgg_targets(vgg, sharp, facts)
 
 
@@ -248,41 +251,42 @@ def image_batches(pair, cfg, facts, generator, vgg):
         yield network_input(blurred, kernels, noise, cfg), pair.sharp, targets
 
 
-WARM_UP = 100  # a folder's learning rate rises over this many steps
+LR_RISING_STEPS = 100  # a folder's learning rate rises over this many steps
 
 
 def learning_rate(cfg, epoch):
-    """For a folder (one image keeps the original's constant lr): a warm-up over the first WARM_UP
-    steps, then a cosine decay to 0 at num_epochs; without it the loss jumps at lr 5e-4 and up."""
-    warm_up = min(epoch / WARM_UP, 1)
-    return cfg.lr * warm_up * (1 + math.cos(math.pi * min(epoch / cfg.num_epochs, 1))) / 2
+    """A folder's (one image keeps the original's constant lr): rising over LR_RISING_STEPS, then
+    a cosine decay to 0 at num_epochs; without the rise the loss jumps at lr 5e-4 and up."""
+    risen = min(epoch / LR_RISING_STEPS, 1)
+    return cfg.lr * risen * (1 + math.cos(math.pi * min(epoch / cfg.num_epochs, 1))) / 2
 
 
-def training_step(cfg, net, vgg, optimizer, scaler, batch, facts, critic=None):
-    """One step on a batch of (network input, sharp, VGG19 targets), after the critic's if any; the
-    loss terms, left on the device (reading them makes the host wait), as Progress.record takes."""
+def training_step(cfg, net, vgg, optimizer, scaler, batch, facts, discriminator=None):
+    """One step on a batch of (network input, sharp, VGG19 targets), after the discriminator's if
+    any; the loss terms by name, left on the device (reading them makes the host wait)."""
     inputs, sharp, target_maps = batch  # inputs: the blurred images, or Wiener's
     # Forward in mixed precision: float16 or bfloat16 where it is safe, float32 where not
     with mixed_precision(facts):
         restored = net(inputs)
     # The discriminator's step first: it learns to score sharp patches 1 and restored ones 0
-    if critic:
+    if discriminator:
         with mixed_precision(facts):
-            both = critic.net(torch.cat([sharp, restored.detach()]))  # one call, one backward
+            both = discriminator.net(torch.cat([sharp, restored.detach()]))  # one call
             scores_sharp, scores_restored = both.chunk(2)
             told_apart = adversarial_loss(scores_sharp, 1) + adversarial_loss(scores_restored, 0)
-        descend(told_apart, critic.net, critic.optimizer, critic.scaler, cfg, facts)
+        descend(told_apart, *discriminator, cfg, facts)
     # The network's loss: pixels and VGG19 features, and its patches' scores pushed towards 1
     with mixed_precision(facts):
-        loss, mse, perceptual = losses(cfg, vgg, restored, sharp, target_maps)
-        if critic:  # the judge's weights are not this step's to change: no gradient for them
-            judge = itself(critic.net).requires_grad_(False)
-            adversarial = adversarial_loss(judge(restored), 1)
-            loss = loss + cfg.adversarial_weight * adversarial
-    descend(loss, net, optimizer, scaler, cfg, facts)
-    if critic:
-        judge.requires_grad_(True)
-    return (loss, mse, perceptual, adversarial, told_apart) if critic else (loss, mse, perceptual)
+        terms = losses(cfg, vgg, restored, sharp, target_maps)
+        if discriminator:  # its weights are not this step's to change: no gradient for them
+            frozen = itself(discriminator.net).requires_grad_(False)
+            terms["adversarial"] = adversarial_loss(frozen(restored), 1)
+            terms["total"] = terms["total"] + cfg.adversarial_weight * terms["adversarial"]
+    descend(terms["total"], net, optimizer, scaler, cfg, facts)
+    if discriminator:
+        frozen.requires_grad_(True)
+        terms["discriminator"] = told_apart  # its loss, logged beside the network's
+    return terms
 
 
 def descend(loss, net, optimizer, scaler, cfg, facts):
@@ -298,18 +302,25 @@ def descend(loss, net, optimizer, scaler, cfg, facts):
     scaler.update()
 
 
-def train(cfg, net, vgg, optimizer, scaler, batches, progress, facts, critic=None):
+def forward_and_backward(cfg, net, vgg, facts, batch):
+    """The step's forward and backward alone, for torch.compile to compile on the first batch."""
+    inputs, sharp, target_maps = batch
+    with mixed_precision(facts):
+        losses(cfg, vgg, net(inputs), sharp, target_maps)["total"].backward()
+
+
+def train(cfg, net, vgg, optimizer, scaler, batches, progress, facts, discriminator=None):
     """Trains epochs progress.epoch + 1 .. num_epochs; returns 'done', 'stopped' or 'diverged'."""
     progress.start()
     last_good = deepcopy(net.state_dict())  # a diverged run's results: the last finite weights
     outcome = "done"
-    adams = [optimizer, critic.optimizer] if critic else [optimizer]
+    adams = [optimizer, discriminator.optimizer] if discriminator else [optimizer]
     for epoch in range(progress.epoch + 1, cfg.num_epochs + 1):
         batch = next(batches)
         if cfg.folder:  # one image keeps the original's constant lr
             for group in (group for adam in adams for group in adam.param_groups):
                 group["lr"] = learning_rate(cfg, epoch)
-        terms = training_step(cfg, net, vgg, optimizer, scaler, batch, facts, critic)
+        terms = training_step(cfg, net, vgg, optimizer, scaler, batch, facts, discriminator)
         # Every log_every epochs: read the losses, log, checkpoint. Only then does the host wait.
         due = progress.due(epoch)
         if not due:
@@ -335,14 +346,6 @@ def evaluate(net, setting, pair, cfg):
 UNSEEN_SAMPLE = "data/sample.jpg"  # a folder's network is tested on it, and on holdout_path
 # Test images' blurs and noise come from a generator seeded past every seed a run can have
 TEST_DRAWS = 2**32 + 2026
-CHOICES = {
-    "model": tuple(MODELS),
-    "pixel_loss": ("mse", "l1"),
-    "restore_from": ("blurred", "wiener"),
-    "blur_kind": BLUR_KINDS,
-    "amp_dtype": ("auto", "float16", "bfloat16", "float32"),
-    "torch_compile": ("auto", "on", "off"),
-}
 
 
 def load_test_pairs(cfg, test_paths, facts):
@@ -351,60 +354,57 @@ def load_test_pairs(cfg, test_paths, facts):
     draws = torch.Generator().manual_seed(TEST_DRAWS)
     pairs = {}
     for setting, path in test_paths.items():
-        pairs[setting] = load_image_pair(path, size, cfg, draws, facts.processor, setting)
+        pairs[setting] = load_image_pair(path, size, cfg, draws, facts.device, setting)
         check_blur_fits(pairs[setting].kernel, pairs[setting].sharp, setting)
     return pairs
+
+
+def training_batches(cfg, pairs, photos, facts, generator, vgg):
+    """What train() steps on: a folder's crops, or the one image."""
+    if cfg.folder:
+        return folder_batches([photo.pixels for photo in photos], cfg, facts, generator, vgg)
+    return image_batches(pairs["image_path"], cfg, facts, generator, vgg)
 
 
 def run(cfg, stop, vgg_weights):
     """Trains on the image or a folder's crops, then evaluates, reports, saves; the exit code."""
     facts = facts_of(cfg)
-    join(facts.team, facts.processor)  # torchrun's other processes (none without torchrun)
-    out = Path(cfg.output_dir)
+    join(facts.team, facts.device)  # torchrun's other processes (none without torchrun)
     test_paths = input_paths(cfg, UNSEEN_SAMPLE)
-    checkpoint = read_checkpoint(cfg, CHOICES)[:2] if cfg.resume else None  # nothing written yet
+    checkpoint = checkpoint_to_resume(cfg, SETTINGS) if cfg.resume else None  # nothing written yet
     pairs = load_test_pairs(cfg, test_paths, facts)
     photos = training_photos(cfg, facts.around_crop, test_paths, facts.team)  # (photo_folder.py)
     if checkpoint:
         check_same_images(cfg, *checkpoint, photos)
-    net = make_network(cfg.model, cfg.restore_from, cfg.seed, facts.processor)
+    net = make_network(cfg.model, cfg.restore_from, cfg.seed, facts.device)
     read = [*test_paths.values(), *(photo.path for photo in photos)]  # none may be overwritten
-    room = space_needed(net, cfg.image_size)
-    with locked_output_dir(out, read, room) if facts.team.main else nullcontext():  # one writes
-        vgg, optimizer, scaler, critic = make_training(cfg, net, vgg_weights, facts)
+    with run_output_dir(cfg, facts.team, read, space_needed(net, cfg.image_size)):
+        vgg, optimizer, scaler, discriminator = make_training(cfg, net, vgg_weights, facts)
         check_something_to_learn(cfg, vgg is not None)
         # Crops, kernels and noise: under torchrun, each process its own
         generator = torch.Generator().manual_seed(cfg.seed + facts.team.rank)
-        progress = Progress(cfg, stop, generator, photos, facts.team, critic)
-        if cfg.folder:
-            pixels = [photo.pixels for photo in photos]
-            batches = folder_batches(pixels, cfg, facts, generator, vgg)
-        else:
-            batches = image_batches(pairs["image_path"], cfg, facts, generator, vgg)
-        if checkpoint:
-            restore_training(cfg, *checkpoint, net, optimizer, scaler, progress, critic)
+        keeper = Keeper(cfg, facts.team, discriminator)  # output_dir/checkpoint.pt
+        progress = Progress(cfg, stop, psnr_from_mse, keeper, generator, photos, facts.team)
         shown = pairs["sample" if cfg.folder else "image_path"]  # the first row of the figure
-        baseline = image_quality(shown.blurred, shown.sharp, shown.border)
-        print_plan(cfg, facts, vgg is not None, progress, baseline, WARM_UP)
         watched = network_input(shown.blurred, shown.kernel, shown.noise, cfg)
-        progress.watch(watched, shown.sharp, shown.border)  # for progress.png
-
-        def warm_up(batch):  # the step's forward and backward, for torch.compile
-            inputs, sharp, target_maps = batch
-            with mixed_precision(facts):
-                losses(cfg, vgg, net(inputs), sharp, target_maps)[0].backward()
-
-        modules = [net, vgg] if vgg else [net]
-        batches = compiled_on_first_batch(cfg, modules, facts.processor, batches, warm_up)
-        model = together(net, facts.team, facts.processor)  # torchrun: DistributedDataParallel
-        outcome = train(cfg, model, vgg, optimizer, scaler, batches, progress, facts, critic)
-
-        eager(modules)  # at the test images' sizes, torch.compile would compile again
+        progress.frames = Frames(watched, shown.sharp, shown.border)  # progress.png's
+        if checkpoint:
+            restore_training(cfg, *checkpoint, net, optimizer, scaler, progress, discriminator)
+        baseline = image_quality(shown.blurred, shown.sharp, shown.border)
+        print_plan(cfg, facts, net, vgg is not None, progress, baseline, LR_RISING_STEPS)
+        batches = training_batches(cfg, pairs, photos, facts, generator, vgg)
+        first_step = partial(forward_and_backward, cfg, net, vgg, facts)
+        batches = compiled_on_first_batch(cfg, [net, vgg], facts.device, batches, first_step)
+        ddp_net = together(net, facts.team, facts.device)  # torchrun: DistributedDataParallel
+        outcome = train(
+            cfg, ddp_net, vgg, optimizer, scaler, batches, progress, facts, discriminator
+        )
+        eager([net, vgg])  # at the test images' sizes, torch.compile would compile again
         net.eval()
         if facts.team.main:  # the first process alone evaluates and writes the results
             rows = [evaluate(net, setting, pair, cfg) for setting, pair in pairs.items()]
             print_summary(rows, cfg.folder)
-            save_results(out, rows, progress, not cfg.folder and cfg.blur_kind != "random")
+            save_results(cfg, rows, progress)
     return report_outcome(outcome, progress, SETTINGS)
 
 
@@ -413,10 +413,10 @@ def apply_to_photo(cfg, given, stop):
     tiles (memory stays small), as output_dir/<name>_deblurred.png."""
     facts = facts_of(cfg)
     photo_path = input_paths(cfg)["apply"]
-    blurred = image_to_tensor(read_rgb_image(photo_path, "apply"), facts.processor, torch.float16)
+    blurred = image_to_tensor(read_rgb_image(photo_path, "apply"), facts.device, torch.float16)
     measured = read_kernel(cfg.kernel) if cfg.kernel else None
-    path, checkpoint, trained = read_checkpoint(cfg, CHOICES)
-    net = make_network(trained.model, trained.restore_from, 0, facts.processor).eval()
+    path, checkpoint, trained = read_checkpoint(cfg, SETTINGS)
+    net = make_network(trained.model, trained.restore_from, 0, facts.device).eval()
     load_weights(net, path, checkpoint)
     undone = blur_to_undo(cfg, given, trained, path)  # trained for, named, measured or estimated
     kernel = measured if undone == "measured" else None
@@ -443,7 +443,7 @@ def apply_to_photo(cfg, given, stop):
 def main(argv=None, vgg_weights="IMAGENET1K_V1"):
     """Runs the job; returns the exit code. Tests pass vgg_weights=None for a random VGG19."""
     training = partial(run, vgg_weights=vgg_weights)
-    return run_job(training, apply_to_photo, SETTINGS, CHOICES, __file__, argv)
+    return run_job(training, apply_to_photo, SETTINGS, argv)
 
 
 if __name__ == "__main__":

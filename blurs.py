@@ -254,16 +254,16 @@ def photographed(images, noise, generator):
 TRANSFER_FUNCTIONS = {}  # {(kernel, its shape and dtype, size, device): its transfer function}
 
 
-def transfer_function(kernels, size, processor):
+def transfer_function(kernels, size, device):
     """The Fourier transform at `size` of a (k, k) kernel, or of each of (N, k, k), with its centre
     moved to pixel (0, 0): (N, 1, H, W // 2 + 1). A single kernel's is made once for each size and
     device: a fixed blur's every step asks for the same ones, and making one copies from the host.
     The kernel crosses to the device in float32: Apple's MPS has no float64."""
     kernels = np.asarray(kernels, dtype=np.float32)
-    key = (kernels.tobytes(), kernels.shape, tuple(size), torch.device(processor))
+    key = (kernels.tobytes(), kernels.shape, tuple(size), torch.device(device))
     if key in TRANSFER_FUNCTIONS:
         return TRANSFER_FUNCTIONS[key]
-    stack = torch.from_numpy(kernels).reshape(-1, *kernels.shape[-2:]).to(processor)
+    stack = torch.from_numpy(kernels).reshape(-1, *kernels.shape[-2:]).to(device)
     transfer = kernel_spectrum(stack, size)[:, None]
     if kernels.ndim == 2 and size[0] * size[1] <= 2**22:  # a photo's is made once, not kept
         if len(TRANSFER_FUNCTIONS) >= 32:  # a long-lived process (the tests): start afresh

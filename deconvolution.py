@@ -81,12 +81,12 @@ def wiener_at(spectra, balance, in_place=False):
     return restored.contiguous(memory_format=torch.channels_last)
 
 
-def gradient_energy(size, processor):
+def gradient_energy(size, device):
     """The energy of the image's gradient at each frequency of an rfft2 of `size`, per unit of
     the image's: 4 - 2 cos(u) - 2 cos(v), the spectrum of the Laplacian (the damping Wiener's
     balance weighs)."""
-    rows = 2 - 2 * torch.cos(2 * math.pi * torch.fft.fftfreq(size[0], device=processor))
-    columns = 2 - 2 * torch.cos(2 * math.pi * torch.fft.rfftfreq(size[1], device=processor))
+    rows = 2 - 2 * torch.cos(2 * math.pi * torch.fft.fftfreq(size[0], device=device))
+    columns = 2 - 2 * torch.cos(2 * math.pi * torch.fft.rfftfreq(size[1], device=device))
     return rows[:, None] + columns[None, :]
 
 

@@ -144,9 +144,9 @@ def resized(grey, factor):
 
 
 # ---- The kernel: its first guess, from scale to scale, and cleaned after each fit
-def first_guess(width, processor):
+def first_guess(width, device):
     """The coarsest scale's start: a 2-pixel horizontal line in the middle (Pan et al.'s)."""
-    kernel = torch.zeros(width, width, device=processor)
+    kernel = torch.zeros(width, width, device=device)
     kernel[width // 2, width // 2 : width // 2 + 2] = 0.5
     return kernel
 

@@ -14,9 +14,27 @@ from torch.nn import functional as F
 MEAN_WINDOW = 65  # the U-Net's and the ResNet's correction keeps the image's mean over this width
 
 
-class DeblurNet(nn.Module):
+class Restorer(nn.Module):
+    """What every network the `model` setting names is: its name there, its title in the plan, its
+    REACH (how many input pixels each way a pixel of its correction sees: --apply's tiles overlap
+    by that much), and its forward in two halves, so that --apply can run the first in tiles:
+    `correction(x)` (the convolutions' work) and `restored(x, correction)` (the image made from
+    it). `inputs`: 3 colours, or 5 after a Wiener step (the colours, the noise and the spread).
+    Add a network by subclassing it and listing it in NETWORKS."""
+
+    name = ""
+    title = ""
+    REACH = 0
+
+    def forward(self, x):
+        return self.restored(x, self.correction(x))
+
+
+class DeblurNet(Restorer):
     """Seven 3x3 convolutions, 3-64-128-256-256-128-64-3, Tanh between them, residual, sigmoid."""
 
+    name = "deblurnet"
+    title = "DeblurNet"
     REACH = 7  # seven 3x3 convolutions: an output pixel sees 7 pixels each way
 
     def __init__(self, inputs=3):
@@ -37,9 +55,6 @@ class DeblurNet(nn.Module):
             nn.Conv2d(64, 3, kernel_size=3, padding=1),
         )
 
-    def forward(self, x):
-        return self.restored(x, self.correction(x))
-
     def correction(self, x):
         """What the convolutions add to the image (it reaches REACH pixels each way)."""
         return self.main(x)
@@ -59,15 +74,12 @@ def two_convolutions(inputs, outputs):
     )
 
 
-class Correcting(nn.Module):
+class Correcting(Restorer):
     """The U-Net's and the ResNet's shape: the image plus what the network adds (`correction`),
     whose mean over each MEAN_WINDOW-wide window is taken away; clamped to [0, 1] outside
     training. Blur moves light but keeps it: over a window wider than the kernel, the sharp image
     has the blurred one's mean. So does the correction: no brightness drifts in, which on a sharp
     photo costs more than any detail gains."""
-
-    def forward(self, x):
-        return self.restored(x, self.correction(x))
 
     def restored(self, x, correction):
         restored = x[:, :3] + correction - local_mean(correction, MEAN_WINDOW)
@@ -95,6 +107,8 @@ class UNet(Correcting):
     would stop the gradient of every pixel pushed past it, and one large step can push them all.
     """
 
+    name = "unet"
+    title = "U-Net"
     DOWNSAMPLING = 8  # three 2x2 max-poolings
     REACH = 52  # a pixel of the correction depends on input pixels up to 52 away, each way
 
@@ -139,6 +153,8 @@ class ResNet(Correcting):
     its convolutions at a half, a quarter and an eighth of it.
     """
 
+    name = "resnet"
+    title = "ResNet"
     REACH = 14  # 1 + 2 a block + 1: a pixel of the correction sees 14 pixels each way
 
     def __init__(self, inputs=3, width=32, blocks=6):
@@ -162,6 +178,10 @@ def residual_block(width):
         nn.ReLU(inplace=True),
         nn.Conv2d(width, width, kernel_size=3, padding=1),
     )
+
+
+# The networks the `model` setting may name, by name: its choices, the plan's title, a checkpoint's
+NETWORKS = {network.name: network for network in (DeblurNet, UNet, ResNet)}
 
 
 class PatchDiscriminator(nn.Module):

@@ -4,6 +4,7 @@ here; the numbers come from Deblur.py's evaluate, the deconvolutions from deconv
 """
 
 import math
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -22,15 +23,15 @@ from deconvolution import (
     wiener_balance,
     wiener_spectra,
 )
-from plumbing.checkpoint_fields import HISTORY_COLUMNS
 from plumbing.files import save_figure, save_image
 from plumbing.images import tensor_to_image, thumbnail, to_hwc
-from plumbing.progress import psnr_from_mse, without_border, write_history
 
 CAPTION = 36  # pixels above each frame of progress.png for its epoch and PSNR
 FONT = ImageFont.load_default(size=13)
 # Each image's row label, by the setting it came from.
 LABELS = {"image_path": "", "sample": "Unseen: ", "holdout_path": "Held out: "}
+# history.csv's columns that are not loss terms (Progress.log)
+NOT_LOSSES = {"epoch", "psnr", "seconds"}
 # Wang et al.'s SSIM: a Gaussian window of sigma 1.5, the mean over the channels
 GAUSSIAN_SSIM = {"gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False}
 
@@ -54,6 +55,51 @@ class Row(NamedTuple):
     border: int
 
 
+def psnr_from_mse(mse):
+    """PSNR in dB of images in [0, 1] whose mean squared error is `mse`."""
+    return 10 * math.log10(1 / mse) if mse > 0 else math.inf
+
+
+def without_border(image, border):
+    """The image as the metrics see it: without `border` pixels on each side, or fewer on an image
+    too small to keep SSIM's 11x11 window."""
+    border = max(0, min(border, (min(image.shape[-2:]) - 11) // 2))
+    return image[..., border : image.shape[-2] - border, border : image.shape[-1] - border]
+
+
+def psnr(image, reference, border=0):
+    """PSNR in dB of an image in [0, 1] against the reference, `border` pixels left out."""
+    image, reference = without_border(image, border), without_border(reference, border)
+    return psnr_from_mse(F.mse_loss(image.float(), reference.float()).item())
+
+
+def image_quality(image, reference, border=0):
+    """(PSNR in dB, SSIM) of an image in [0, 1] against the reference, leaving out `border` pixels
+    on each side, as deblurring papers do: there the blur mixed in pixels from past the edge."""
+    image = without_border(image, border).float().cpu()
+    reference = without_border(reference, border).float().cpu()
+    pair = (image[0].numpy(), reference[0].numpy())
+    similarity = structural_similarity(*pair, channel_axis=0, data_range=1.0, **GAUSSIAN_SSIM)
+    return psnr(image, reference), similarity
+
+
+class Frames:
+    """progress.png's frames: the network's reconstruction of one image (its network input, sharp
+    original and border) at the epochs Progress says, small, with its PSNR."""
+
+    def __init__(self, inputs, sharp, border):
+        self.inputs, self.sharp, self.border = inputs, sharp, border
+        self.taken = []  # [epoch, PSNR, 8-bit (H, W, 3) thumbnail], as a checkpoint keeps them
+
+    def take(self, epoch, net):
+        net.eval()  # as it will be used
+        with torch.no_grad():  # its class's forward: a compiled one would compile again
+            restored = type(net).forward(net, self.inputs).float().clamp(0, 1)
+        net.train()
+        quality = psnr(restored, self.sharp, self.border)
+        self.taken.append([epoch, quality, thumbnail(restored)])
+
+
 def best_wiener(blurred, kernel, sharp, border):
     """Wiener at the balance that restores this very image best, chosen by comparing with the sharp
     image: an oracle, which no real photo allows, and so the strongest Wiener there is. Searched
@@ -64,25 +110,12 @@ def best_wiener(blurred, kernel, sharp, border):
     def psnr_at(exponent):
         if exponent not in tried:
             restored = wiener_at(spectra, 10**exponent)
-            error = F.mse_loss(
-                without_border(restored, border), without_border(sharp, border)
-            ).item()
-            tried[exponent] = (psnr_from_mse(error), restored)
+            tried[exponent] = (psnr(restored, sharp, border), restored)
         return tried[exponent][0]
 
     best = max((quarter / 4 for quarter in range(-24, 5)), key=psnr_at)
     best = max((best + sixteenth / 16 for sixteenth in range(-3, 4)), key=psnr_at)
     return tried[best][1]
-
-
-def image_quality(image, reference, border=0):
-    """(PSNR in dB, SSIM) of an image in [0, 1] against the reference, leaving out `border` pixels
-    on each side, as deblurring papers do: there the blur mixed in pixels from past the edge."""
-    image = without_border(image, border).float().cpu()
-    reference = without_border(reference, border).float().cpu()
-    pair = (image[0].numpy(), reference[0].numpy())
-    similarity = structural_similarity(*pair, channel_axis=0, data_range=1.0, **GAUSSIAN_SSIM)
-    return psnr_from_mse(F.mse_loss(image, reference).item()), similarity
 
 
 def compared(setting, pair, restored):
@@ -195,15 +228,15 @@ def save_training_curves(history, path, baselines):
     `baselines` ({name: PSNR}, on the same scale as the training PSNR) as lines."""
     import matplotlib.pyplot as plt
 
-    rows = [row[: len(HISTORY_COLUMNS)] for row in history]  # without the adversarial terms
-    columns = torch.tensor(rows, dtype=torch.float64).reshape(-1, len(HISTORY_COLUMNS)).T
-    series = dict(zip(HISTORY_COLUMNS, columns, strict=True))
+    names = dict.fromkeys(name for row in history for name in row)  # a resumed run's new ones too
+    series = {name: np.array([row.get(name, np.nan) for row in history]) for name in names}
+    epochs = np.array([row["epoch"] for row in history])
     figure, (loss_ax, psnr_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
     figure.subplots_adjust(left=0.09, right=0.98, bottom=0.12, top=0.92, wspace=0.22)
-    for name in ("total", "mse", "perceptual"):
+    for name in [name for name in series if name not in NOT_LOSSES]:
         if (series[name] > 0).any():  # an unused term (all 0) has no place on a log scale
-            loss_ax.plot(series["epoch"], series[name], ".-", label=name)
-    psnr_ax.plot(series["epoch"], series["psnr"], ".-", label="reconstruction")
+            loss_ax.plot(epochs, series[name], ".-", label=name)
+    psnr_ax.plot(epochs, series.get("psnr", []), ".-", label="reconstruction")
     for (name, psnr), style in zip(baselines.items(), ("--", ":"), strict=False):
         if math.isfinite(psnr):
             psnr_ax.axhline(psnr, color="grey", linestyle=style, label=name)
@@ -216,18 +249,19 @@ def save_training_curves(history, path, baselines):
     save_figure(figure, path)
 
 
-def save_results(out, rows, progress, trained_on_the_test):
-    """comparison.png, reconstructed_image.jpg, progress.png and progress.gif; history.csv and
+def save_results(cfg, rows, progress):
+    """In output_dir: comparison.png, reconstructed_image.jpg, progress.png and progress.gif, and
     training_curves.png, with the blurred input's and the baseline's PSNR as lines where the
     training images are the first test image (a single image, blurred one way)."""
     import matplotlib.pyplot as plt
     from matplotlib.backends import BackendFilter, backend_registry
 
+    out = Path(cfg.output_dir)
+    trained_on_the_test = not cfg.folder and cfg.blur_kind != "random"
     save_comparison(rows, out / "comparison.png")
     restored = tensor_to_image(rows[0].results["Network"].image)
     save_image(restored, out / "reconstructed_image.jpg", "JPEG")
-    save_progress(progress.frames, rows[0], out)
-    write_history(out / "history.csv", progress.history)
+    save_progress(progress.frames.taken, rows[0], out)
     baselines = {}
     if trained_on_the_test:  # crops, or fresh blurs: their PSNR is not the test image's
         for name in ("Blurred", "Wiener oracle"):

@@ -59,7 +59,7 @@ def blurs_to_test(photos, shakes):
 
 def load_network(path):
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    trained = trained_settings(checkpoint, path, Deblur.CHOICES)
+    trained = trained_settings(checkpoint, path, Deblur.SETTINGS)
     net = Deblur.make_network(trained.model, trained.restore_from, 0, "cpu").eval()
     net.load_state_dict(checkpoint["model"])
     return net, trained

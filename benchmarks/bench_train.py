@@ -39,27 +39,28 @@ from plumbing.photo_folder import read_image_folder  # noqa: E402
 
 def settings(argv):
     """Deblur's settings with `argv`, and the Facts a run would work out from them."""
-    cfg = parse_settings(Deblur.SETTINGS, Deblur.CHOICES, Deblur.__file__, argv)[0]
+    cfg = parse_settings(Deblur.SETTINGS, argv)[0]
     return cfg, Deblur.facts_of(cfg)
 
 
 def deblur_step(cfg, facts, batches, vgg):
     """One call: one step of Deblur's training_step, on the next of `batches`."""
-    net = Deblur.make_network(cfg.model, cfg.restore_from, cfg.seed, facts.processor)
-    _, optimizer, scaler, critic = Deblur.make_training(cfg, net, None, facts)
+    net = Deblur.make_network(cfg.model, cfg.restore_from, cfg.seed, facts.device)
+    _, optimizer, scaler, discriminator = Deblur.make_training(cfg, net, None, facts)
     if cfg.torch_compile == "on":  # the network only: VGG19 is shared with the naive step
         net.forward = torch.compile(net.forward)
     batch = partial(next, batches)
-    return lambda: Deblur.training_step(cfg, net, vgg, optimizer, scaler, batch(), facts, critic)
+    step = Deblur.training_step
+    return lambda: step(cfg, net, vgg, optimizer, scaler, batch(), facts, discriminator)
 
 
 def naive_step(cfg, facts, pair, vgg):
     """The original's step: NCHW tensors, the target's VGG19 features every step, autocast, a
     GradScaler, the gradients clipped; the same network, data and loss."""
-    net = Deblur.make_network(cfg.model, cfg.restore_from, cfg.seed, facts.processor)
+    net = Deblur.make_network(cfg.model, cfg.restore_from, cfg.seed, facts.device)
     net = net.to(memory_format=torch.contiguous_format)
     optimizer = torch.optim.Adam(net.parameters(), cfg.lr, weight_decay=cfg.weight_decay)
-    scaler = torch.amp.GradScaler(facts.processor.type, enabled=facts.amp == torch.float16)
+    scaler = torch.amp.GradScaler(facts.device.type, enabled=facts.amp == torch.float16)
     blurred, sharp = pair.blurred.contiguous(), pair.sharp.contiguous()
 
     def step():
@@ -102,16 +103,16 @@ def synchronised(device):
 def image_benchmark(args):
     for size in args.sizes:
         cfg, facts = settings(["--image_size", str(size), "--torch_compile", "off"])
-        pair = Deblur.load_image_pair(ROOT / cfg.image_path, size, cfg, None, facts.processor)
-        vgg = VGG19Loss(weights=None).to(facts.processor, memory_format=torch.channels_last)
+        pair = Deblur.load_image_pair(ROOT / cfg.image_path, size, cfg, None, facts.device)
+        vgg = VGG19Loss(weights=None).to(facts.device, memory_format=torch.channels_last)
         steps = {"naive": naive_step(cfg, facts, pair, vgg)}
         batches = Deblur.image_batches(pair, cfg, facts, None, vgg)
         steps["deblur"] = deblur_step(cfg, facts, batches, vgg)
         if args.compile:
             compiled = settings(["--image_size", str(size), "--torch_compile", "on"])[0]
             steps["deblur compiled"] = deblur_step(compiled, facts, batches, vgg)
-        seconds = timed(steps, args.warmup, args.repeats, facts.processor)
-        print(f"{size} px, {facts.processor}, {str(facts.amp)[6:]}:")
+        seconds = timed(steps, args.warmup, args.repeats, facts.device)
+        print(f"{size} px, {facts.device}, {str(facts.amp)[6:]}:")
         for name, step_seconds in seconds.items():
             speedup = seconds["naive"] / step_seconds
             print(f"  {name:16} {step_seconds * 1000:8.0f} ms/step  {speedup:.2f}x", flush=True)
@@ -136,7 +137,7 @@ def folder_benchmark(args):
             steps[f"batch, {where}"] = lambda b=batches: next(b)
         drawing = torch.Generator().manual_seed(0)
         steps["kernels"] = lambda c=cfg, g=drawing: drawn(c, c.batch_size, g)  # on the host
-        seconds = timed(steps, args.warmup, args.repeats, facts.processor)
+        seconds = timed(steps, args.warmup, args.repeats, facts.device)
         print(f"{name}: {cfg.batch_size} crops of {cfg.crop_size} px, {str(facts.amp)[6:]}:")
         for where in ("cache", "memory"):
             step, batch = seconds[f"step, {where}"], seconds[f"batch, {where}"]

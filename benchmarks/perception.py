@@ -34,7 +34,7 @@ import Deblur  # noqa: E402
 from plumbing.command_line import FOLDER_QUICK_LOOK  # noqa: E402
 from plumbing.images import to_hwc  # noqa: E402
 from plumbing.photo_folder import read_image_folder  # noqa: E402
-from plumbing.progress import without_border  # noqa: E402
+from results import without_border  # noqa: E402
 
 RUNS = ROOT / "runs" / "perception"
 QUICK_LOOK_STEPS = 600
@@ -60,7 +60,7 @@ def step_seconds(model):
     generator = torch.Generator().manual_seed(0)
     batches = Deblur.folder_batches([p.pixels for p in photos], cfg, facts, generator, None)
     step = bench_train.deblur_step(cfg, facts, batches, None)
-    return bench_train.timed({model: step}, 3, 15, facts.processor)[model]
+    return bench_train.timed({model: step}, 3, 15, facts.device)[model]
 
 
 def train(run, extra):

@@ -13,12 +13,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from plumbing.checkpoint_fields import PROBLEM  # noqa: E402
+import Deblur  # noqa: E402
+from plumbing.settings import problem_of  # noqa: E402
 
 
 def main(source, target):
     checkpoint = torch.load(source, map_location="cpu", weights_only=True)
-    settings = {name: checkpoint["settings"][name] for name in PROBLEM}
+    settings = {name: checkpoint["settings"][name] for name in problem_of(Deblur.SETTINGS)}
     trained_on = Path(settings["image_path"])
     if trained_on.is_relative_to(ROOT):  # not the path of the machine it was trained on
         settings["image_path"] = str(trained_on.relative_to(ROOT))

@@ -1,5 +1,6 @@
-"""Checkpoints: writing one without losing the last, reading one as data only, checking every field,
-and continuing a run from it. What the network is, is Deblur.py's.
+"""Checkpoints: writing one without losing the last (Keeper), reading one as data only, checking
+every field (their format: checkpoint_fields.py), and continuing a run from it. What the network
+is, is Deblur.py's.
 """
 
 import os
@@ -9,48 +10,63 @@ from pathlib import Path
 import torch
 
 from plumbing.checkpoint_fields import (
-    CHECKPOINT_KEYS,
-    PROBLEM,
-    WEIGHTS_KEYS,
-    WEIGHTS_ONLY,
+    NEVER_TRAINED,
+    SHIPPED_FIELDS,
+    checkpoint_state,
     trained_settings,
     well_formed,
 )
-from plumbing.command_line import BLUR_SETTINGS, DERIVED
+from plumbing.command_line import BLUR_SETTINGS
 from plumbing.errors import DeblurError, note
-from plumbing.files import CHECKPOINT, atomic_path, file_digest, first_free_name, name_checked
-from plumbing.processes import itself
+from plumbing.files import CHECKPOINT, atomic_path, first_free_name, name_checked
+from plumbing.processes import check_replicas_agree, gathered, itself
+from plumbing.progress import try_to_write
+from plumbing.settings import problem_of
 
 SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "model" / "any_blur.pt"
 
 
-def save_checkpoint(path, net, optimizer, scaler, progress):
-    """Atomic; a fresh run's first checkpoint moves an earlier run's aside (checkpoint.N.pt)."""
-    settings = {name: value for name, value in vars(progress.cfg).items() if name not in DERIVED}
-    state = {
-        "model": net.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
-        "settings": settings,
-        **progress.state_dict(),
-    }
-    if progress.critic:  # the adversarial term's discriminator, and its Adam and scaler
-        critic = progress.critic
-        state["discriminator"] = {
-            "model": itself(critic.net).state_dict(),
-            "optimizer": critic.optimizer.state_dict(),
-            "scaler": critic.scaler.state_dict(),
-        }
-    with atomic_path(path) as temporary:
-        torch.save(state, temporary)
-        if path.exists() and not progress.owns_checkpoint:
-            kept = first_free_name(path)
-            os.replace(path, kept)
-            note(
-                f"a fresh run: the earlier {path.name} was kept as {kept.name} "
-                f"(to continue it: the command that made it, with --resume {kept})"
-            )
-    progress.owns_checkpoint = True
+class Keeper:
+    """The run's checkpoint, output_dir/checkpoint.pt: written on time without losing the last
+    (atomic; a fresh run's first moves an earlier run's aside, as checkpoint.N.pt), a failed write
+    mid-run tried again at the next log. Under torchrun every process gathers what it needs, the
+    first alone writes. `discriminator`: the adversarial term's, checkpointed too."""
+
+    def __init__(self, cfg, team, discriminator=None):
+        self.cfg, self.team, self.discriminator = cfg, team, discriminator
+        self.path = Path(cfg.output_dir) / CHECKPOINT
+        self.owns = False  # whether the file is this run's (else it is kept aside)
+        self.owed = False  # a write failed: try again at the next log
+        self.generators = []  # every process's crops' generator state, as at the last checkpoint
+
+    def gather(self, due, net, generator):
+        """Every process, at the same epochs: before a checkpoint, that their weights still agree;
+        and every process's crops' generator state (at a log epoch too: a failed write is tried
+        again there)."""
+        if due.saves:
+            check_replicas_agree(self.team, net)
+            if self.discriminator:
+                check_replicas_agree(self.team, itself(self.discriminator.net))
+        if due.logs or due.saves:
+            state = generator.get_state() if generator else torch.Generator().get_state()
+            self.generators = gathered(self.team, state)
+
+    def keep(self, due, net, optimizer, scaler, progress):
+        if due.saves or self.owed:
+            self.owed = not try_to_write(due, self.write, net, optimizer, scaler, progress)
+
+    def write(self, net, optimizer, scaler, progress):
+        state = (self.cfg, net, optimizer, scaler, progress, self.generators, self.discriminator)
+        with atomic_path(self.path) as temporary:
+            torch.save(checkpoint_state(*state), temporary)
+            if self.path.exists() and not self.owns:
+                kept = first_free_name(self.path)
+                os.replace(self.path, kept)
+                note(
+                    f"a fresh run: the earlier {self.path.name} was kept as {kept.name} "
+                    f"(to continue it: the command that made it, with --resume {kept})"
+                )
+        self.owns = True
 
 
 def checkpoint_path(cfg):
@@ -68,11 +84,11 @@ def checkpoint_path(cfg):
     return own
 
 
-def read_checkpoint(cfg, choices):
+def read_checkpoint(cfg, settings):
     """--resume's checkpoint, read as data only (a file that would run code is refused) and
-    checked field by field, its settings as the command line's are (`choices`: the values a
-    setting may take), before anything is written; returns (path, checkpoint, the problem it was
-    trained on). For training, a checkpoint of another problem is refused here, by name."""
+    checked field by field, its settings as the command line's are (`settings`: as the settings
+    block declares them), before anything is written; returns (path, checkpoint, the problem it
+    was trained on)."""
     path = checkpoint_path(cfg)
     if path.is_dir():
         raise DeblurError(
@@ -89,41 +105,40 @@ def read_checkpoint(cfg, choices):
     try:
         with warnings.catch_warnings():  # torch's on a plain pickle, before our one line
             warnings.simplefilter("ignore")
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-        weights_only = set(loaded) == set(WEIGHTS_KEYS)  # a model as Deblur ships one
-        checkpoint = {key: loaded[key] for key in WEIGHTS_KEYS}
-        checkpoint.update(WEIGHTS_ONLY if weights_only else {k: loaded[k] for k in CHECKPOINT_KEYS})
-    except Exception:  # noqa: BLE001 (whatever torch.load or a missing key raises: not ours)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 (whatever torch.load raises: not ours)
         raise not_ours from None
-    if weights_only and not cfg.apply:
+    shipped = isinstance(checkpoint, dict) and set(checkpoint) == set(SHIPPED_FIELDS)
+    if shipped:
+        checkpoint = {**NEVER_TRAINED, **checkpoint}
+    if not isinstance(checkpoint, dict) or not well_formed(checkpoint):
+        raise not_ours
+    if shipped and not cfg.apply:
         raise DeblurError(
             f"{path} holds a network's weights only, as a shipped model does: --apply can use "
             f"it, but training cannot continue from it; start afresh"
         )
-    checkpoint["image_digest"] = loaded.get("image_digest", "")  # before photos were listed
-    checkpoint["photos"] = loaded.get("photos")  # {name: SHA-256}
-    checkpoint["crops_generator"] = loaded.get("crops_generator")
-    checkpoint["crops_generators"] = loaded.get("crops_generators", [])  # torchrun's processes'
-    checkpoint["frames"] = loaded.get("frames", [])  # none in checkpoints older than them
-    checkpoint["discriminator"] = loaded.get("discriminator")  # at adversarial_weight > 0
-    if not well_formed(checkpoint):
-        raise not_ours
     if not all(tensor.isfinite().all() for tensor in checkpoint["model"].values()):
         raise DeblurError(
             f"{path} holds NaN weights (its run diverged); use an earlier checkpoint or start "
             f"afresh"
         )
-    trained = trained_settings(checkpoint, path, choices)
-    for name in PROBLEM if not cfg.apply else ():
+    return path, checkpoint, trained_settings(checkpoint, path, settings)
+
+
+def checkpoint_to_resume(cfg, settings):
+    """--resume's checkpoint (read_checkpoint), as (path, checkpoint), if it trained on the
+    problem this run's settings name; if not, refused here, by name, before anything is written."""
+    path, checkpoint, trained = read_checkpoint(cfg, settings)
+    for name in problem_of(settings):
         was = getattr(trained, name)
         if was != getattr(cfg, name):
             raise DeblurError(
                 f"cannot resume {path}: it was trained with {name} = {was!r}, not "
                 f"{getattr(cfg, name)!r}; use --{name} {was} or start afresh"
             )
-    if not cfg.apply:
-        check_adversarial_term(cfg, path, checkpoint)
-    return path, checkpoint, trained
+    check_adversarial_term(cfg, path, checkpoint)
+    return path, checkpoint
 
 
 def check_adversarial_term(cfg, path, checkpoint):
@@ -149,9 +164,6 @@ def check_same_images(cfg, path, checkpoint, photos):
     gained, lost or changed photos since: said, and training goes on with the folder as it is."""
     was = checkpoint["photos"]
     now = {photo.path.name: photo.digest for photo in photos}
-    if was is None:  # written before checkpoints listed their photos: one digest of them all
-        same = checkpoint["image_digest"] in ("", file_digest(photo.path for photo in photos))
-        was = now if same else {}
     if not cfg.folder and set(was.values()) != set(now.values()):
         raise DeblurError(
             f"cannot resume {path}: {cfg.image_path} has changed since it was trained on; use "
@@ -186,10 +198,10 @@ def load_weights(net, path, checkpoint):
         raise DeblurError(f"cannot use {path}: it holds a different network architecture") from None
 
 
-def restore_training(cfg, path, checkpoint, net, optimizer, scaler, progress, critic=None):
+def restore_training(cfg, path, checkpoint, net, optimizer, scaler, progress, discriminator=None):
     """Continues a run (weights, optimizer, scaler, epoch, history, and the adversarial term's
-    critic) from a checkpoint that read_checkpoint and check_same_images have found to solve the
-    same problem."""
+    Discriminator) from a checkpoint that read_checkpoint and check_same_images have found to
+    solve the same problem."""
     saved = checkpoint["settings"]
     load_weights(net, path, checkpoint)
     damaged = DeblurError(f"{path} is not a Deblur checkpoint, or is damaged")
@@ -198,9 +210,9 @@ def restore_training(cfg, path, checkpoint, net, optimizer, scaler, progress, cr
         if name not in ("resume", "output_dir") and saved.get(name, value) != value:
             note(f"resuming with {name} = {value!r} (the checkpoint used {saved[name]!r})")
     progress.load_state_dict(checkpoint)
-    if critic:
-        restore_critic(cfg, path, checkpoint["discriminator"], critic, progress.epoch)
-    progress.owns_checkpoint = path.resolve() == (Path(cfg.output_dir) / CHECKPOINT).resolve()
+    if discriminator:
+        restore_discriminator(cfg, path, checkpoint["discriminator"], discriminator, progress.epoch)
+    progress.keeper.owns = path.resolve() == progress.keeper.path.resolve()
     print(f"Resumed from {path} at epoch {progress.epoch}")
     if progress.epoch >= cfg.num_epochs:
         note(
@@ -225,7 +237,7 @@ def load_training_state(optimizer, scaler, saved, cfg, damaged):
         group.update(lr=cfg.lr, weight_decay=cfg.weight_decay, **kernels)
 
 
-def restore_critic(cfg, path, saved, critic, epoch):
+def restore_discriminator(cfg, path, saved, discriminator, epoch):
     """The discriminator, its Adam and scaler as the checkpoint kept them; or, from a checkpoint
     trained without the adversarial term, a fresh discriminator, said."""
     if saved is None:
@@ -239,10 +251,10 @@ def restore_critic(cfg, path, saved, critic, epoch):
         f"start afresh"
     )
     try:
-        itself(critic.net).load_state_dict(saved["model"])
+        itself(discriminator.net).load_state_dict(saved["model"])
     except (AttributeError, TypeError, KeyError, RuntimeError):
         raise damaged from None
-    load_training_state(critic.optimizer, critic.scaler, saved, cfg, damaged)
+    load_training_state(discriminator.optimizer, discriminator.scaler, saved, cfg, damaged)
 
 
 def blur_to_undo(cfg, given, trained, path):

@@ -1,46 +1,18 @@
-"""The command line, built from Deblur.py's settings block: options, their checks, and the command
-that continues a stopped run. It reads no images and writes no files.
+"""The command line, built from Deblur.py's settings block (plumbing/settings.py): options, their
+checks, and the command that continues a stopped run. It reads no images and writes no files.
 """
 
 import argparse
-import math
 import os
-import re
 import shlex
 import sys
-from pathlib import Path
 
 from plumbing.errors import DeblurError, note, refuse
 from plumbing.images import resolve_image_path
+from plumbing.settings import defaults
 
 # Old option names that still work, for settings renamed since.
 ALIASES = {"torch_compile": ("--compile",)}
-POSITIVE = (
-    "num_epochs",
-    "lr",
-    "max_grad_norm",
-    "log_every",
-    "checkpoint_every",
-    "crop_size",
-    "batch_size",
-)
-# Past these no run could finish, or fit in memory
-AT_MOST = {
-    "num_epochs": 10**9,
-    "log_every": 10**9,
-    "checkpoint_every": 10**9,
-    "crop_size": 4096,
-    "batch_size": 4096,
-    "noise_level": 64,  # 8-bit steps: more is mostly noise
-}
-NOT_NEGATIVE = (
-    "blur_radius",
-    "noise_level",
-    "weight_decay",
-    "mse_weight",
-    "perceptual_weight",
-    "adversarial_weight",
-)
 BLUR_SETTINGS = ("blur_kind", "blur_radius", "blur_angle")
 # The original project's blur and noise. Edited in the settings block, a photo's blur and noise
 # are named as on the command line: --apply then undoes them, estimating neither
@@ -53,50 +25,42 @@ SMALLEST_JUDGED = 12
 DERIVED = ("folder",)
 
 
-def settings_in(namespace):
-    """The settings block's values: the script's lowercase globals that are numbers or strings."""
-    settings = {}
-    for name, value in namespace.items():
-        if name.islower() and not name.startswith("_") and isinstance(value, (int, float, str)):
-            settings[name] = value
-    return settings
-
-
 class Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def parse_settings(settings, choices, script, argv=None):
-    """Every `name = value  # comment` line of the script's settings block becomes an option of the
-    same name, type and default, with the comment as its help; `choices` lists the values a
-    setting may take where only a few make sense. Returns (settings, the names the command line
-    gave, and the blur and noise settings edited away from the original's in the block): --apply
-    tells a blur the user named from one left at its default."""
+def parse_settings(settings, argv=None):
+    """Every setting the settings block declares ({name: settings.Setting}) becomes an option of
+    the same name, type, default and choices, with its comment as its help. Returns (settings,
+    the names the command line gave, and the blur and noise settings edited away from the
+    original's in the block): --apply tells a blur the user named from one left at its default."""
     parser = Parser(
         prog="Deblur.py",
         description="Remove blur from an image with a small CNN trained on it, or on a folder.",
         argument_default=argparse.SUPPRESS,  # an option not given stays out: `given` below
     )
-    source = Path(script).read_text(encoding="utf-8")
-    comments = dict(re.findall(r"^(\w+) = .*?  # (.*)$", source, re.MULTILINE))
-    for name, default in settings.items():
-        help = f"{comments.get(name, '')} (default: {default})".replace("%", "%%")
-        option = {"type": type(default), "help": help}
+    for name, setting in settings.items():
+        help = f"{setting.help} (default: {setting.default})".replace("%", "%%")
+        option = {"type": type(setting.default), "help": help, "choices": setting.choices}
         if name == "resume":  # a bare --resume means output_dir/checkpoint.pt
             option.update(nargs="?", const="auto")
-        names = (f"--{name}", *ALIASES.get(name, ()))
-        parser.add_argument(*names, dest=name, choices=choices.get(name), **option)
+        parser.add_argument(f"--{name}", *ALIASES.get(name, ()), dest=name, **option)
     given = vars(parser.parse_args(argv))  # the settings the command line names
-    cfg = argparse.Namespace(**{**settings, **given})
-    edited = {name for name in PHOTOS_BLUR if settings[name] != ORIGINAL[name]}
+    cfg = argparse.Namespace(**{**defaults(settings), **given})
+    edited = {name for name in PHOTOS_BLUR if settings[name].default != ORIGINAL[name]}
     given = set(given) | edited
-    check_settings(cfg, given)
+    check_settings(cfg, given, settings)
     cfg.output_dir = os.path.expanduser(cfg.output_dir)  # a shell leaves '~/x' in quotes as is
     if cfg.resume != "auto":
         cfg.resume = os.path.expanduser(cfg.resume)
-    # Decided here, once, and read everywhere else (DERIVED): a folder trains on crops of its photos
-    cfg.folder = not cfg.apply and resolve_image_path(cfg.image_path, "image_path").is_dir()
+    # Decided here, once, and read everywhere else (DERIVED): a folder trains on crops of its
+    # photos; the training image's path is made absolute, as its checkpoint keeps it
+    cfg.folder = False
+    if not cfg.apply:
+        found = resolve_image_path(cfg.image_path, "image_path")
+        cfg.image_path = str(found.resolve())
+        cfg.folder = found.is_dir()
     if cfg.folder and cfg.adversarial_weight and cfg.crop_size < SMALLEST_JUDGED:
         refuse(
             "crop_size",
@@ -107,28 +71,13 @@ def parse_settings(settings, choices, script, argv=None):
     return cfg, given
 
 
-def check_settings(cfg, given):
-    """Refuses, by name, a value no run could use, and settings that contradict each other."""
-    for name, value in vars(cfg).items():
-        if isinstance(value, float) and not math.isfinite(value):
-            refuse(name, value, "must be a finite number")
-    if not 16 <= cfg.image_size <= 4096:
-        refuse("image_size", cfg.image_size, "must be between 16 and 4096 pixels")
-    if cfg.blur_radius > 682:  # a larger gaussian's kernel is wider than the largest image
-        refuse("blur_radius", cfg.blur_radius, "must be at most 682 pixels")
-    if not 5 <= cfg.kernel_size <= 101:  # smaller is no blur to estimate; larger, hours
-        refuse("kernel_size", cfg.kernel_size, "must be between 5 and 101 pixels")
-    if not 0 <= cfg.seed < 2**32:
-        refuse("seed", cfg.seed, "must be between 0 and 4294967295")
-    for name in POSITIVE:
-        if getattr(cfg, name) <= 0:
-            refuse(name, getattr(cfg, name), "must be positive")
-    for name, most in AT_MOST.items():
-        if getattr(cfg, name) > most:
-            refuse(name, getattr(cfg, name), f"must be at most {most:,}")
-    for name in NOT_NEGATIVE:
-        if getattr(cfg, name) < 0:
-            refuse(name, getattr(cfg, name), "must be zero or positive")
+def check_settings(cfg, given, settings):
+    """Refuses, by name, a value its settings line does not allow, and settings that contradict
+    each other."""
+    for name, setting in settings.items():
+        fault = setting.fault(getattr(cfg, name))
+        if fault:
+            refuse(name, getattr(cfg, name), fault)
     if cfg.blur_kind == "random" and cfg.blur_radius < 1:
         refuse("blur_radius", cfg.blur_radius, "must be at least 1 with --blur_kind random")
     if "blur_angle" in given and cfg.blur_angle and cfg.blur_kind != "motion":
@@ -148,12 +97,12 @@ def check_settings(cfg, given):
         )
 
 
-def resume_command(cfg, defaults):
+def resume_command(cfg, settings):
     """The command that continues this run, pasted as printed: every setting that differs from
     the settings block, so that the problem matches, quoted for the shell."""
     script = sys.argv[0] if sys.argv[0].endswith("Deblur.py") else "Deblur.py"
     words = [*launcher(), script, "--resume"]
-    for name, default in defaults.items():
+    for name, default in defaults(settings).items():
         if name not in ("resume", "apply", "kernel") and getattr(cfg, name) != default:
             words += [f"--{name}", str(getattr(cfg, name))]
     return shlex.join(words)

@@ -9,6 +9,11 @@ import torch
 from plumbing.errors import DeblurError, first_line, note
 
 
+def fast_float32():
+    """TF32 matmuls on CUDA (its convolutions already are): process-wide, set once by the job."""
+    torch.set_float32_matmul_precision("high")
+
+
 def pick_device(name, team=None):
     """The --device setting's torch.device; under torchrun (`team`), this process's own GPU."""
     available = {
@@ -26,12 +31,12 @@ def pick_device(name, team=None):
     if not available.get(name.split(":")[0]):
         raise no_such_device
     try:
-        processor = torch.device(name)
+        device = torch.device(name)
     except RuntimeError:  # cpu:abc, cpu:0:0, cuda:x
         raise no_such_device from None
-    if processor.type == "cuda" and (processor.index or 0) >= torch.cuda.device_count():
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise no_such_device
-    return processor
+    return device
 
 
 def cpu_has_fast_bfloat16():
@@ -44,30 +49,32 @@ def cpu_has_fast_bfloat16():
     return bfloat16() or amx()
 
 
-def amp_dtype_for(setting, processor):
+def amp_dtype_for(setting, device):
     """The amp_dtype setting's dtype. auto: float16 on CUDA (with a GradScaler), bfloat16 on a CPU
     that computes it natively (no scaler needed), else float32, faster than emulated bfloat16."""
     if setting != "auto":
         return getattr(torch, setting)
-    if processor.type == "cuda":
+    if device.type == "cuda":
         return torch.float16
-    if processor.type == "cpu" and cpu_has_fast_bfloat16():
+    if device.type == "cpu" and cpu_has_fast_bfloat16():
         return torch.bfloat16
     return torch.float32
 
 
-def compiled_on_first_batch(cfg, modules, processor, batches, warm_up):
-    """With torch_compile on (auto: on CUDA), the modules' forwards compiled on the first batch:
-    `warm_up(batch)` runs the training step's own forward and backward on it once (its gradients
-    are then dropped, and the batch trains as any other); returns the batches, that one first.
-    Compiling the forward leaves each module, and so its state_dict's names, as they were."""
-    if cfg.torch_compile == "off" or (cfg.torch_compile == "auto" and processor.type != "cuda"):
+def compiled_on_first_batch(cfg, modules, device, batches, first_step):
+    """With torch_compile on (auto: on CUDA), the modules' forwards (None: no module) compiled on
+    the first batch: `first_step(batch)` runs the training step's own forward and backward on it
+    once (its gradients are then dropped, and the batch trains as any other); returns the
+    batches, that one first. Compiling the forward leaves each module, and so its state_dict's
+    names, as they were."""
+    if cfg.torch_compile == "off" or (cfg.torch_compile == "auto" and device.type != "cuda"):
         return batches
+    modules = [module for module in modules if module is not None]
     first = next(batches)
     for module in modules:
         module.forward = torch.compile(module.forward)
     try:  # where compiling fails (no C++ compiler, no Triton, an unsupported platform): eager
-        warm_up(first)
+        first_step(first)
     except RuntimeError as e:
         note(f"torch.compile failed ({first_line(e)}); training without it")
         eager(modules)
@@ -80,9 +87,10 @@ def compiled_on_first_batch(cfg, modules, processor, batches, warm_up):
 def eager(modules):
     """The modules' own forwards again, uncompiled (compiled_on_first_batch's undone)."""
     for module in modules:
-        module.__dict__.pop("forward", None)
+        if module is not None:
+            module.__dict__.pop("forward", None)
 
 
 def mixed_precision(facts):
     """Autocast to the run's AMP dtype (facts.amp): float16 or bfloat16 where safe, else float32."""
-    return torch.autocast(facts.processor.type, facts.amp, enabled=facts.amp != torch.float32)
+    return torch.autocast(facts.device.type, facts.amp, enabled=facts.amp != torch.float32)

@@ -6,7 +6,7 @@ import errno
 import hashlib
 import os
 import shutil
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from itertools import count
 from pathlib import Path
 
@@ -50,6 +50,12 @@ def space_needed(net, image_size):
     weights and Adam's two moments, and the outputs."""
     parameters = sum(parameter.numel() for parameter in net.parameters())
     return 2 * 3 * 4 * parameters + 16 * image_size**2 + 2**24
+
+
+def run_output_dir(cfg, team, inputs, needed):
+    """The run's output_dir: the first process's, locked (locked_output_dir); nothing for
+    torchrun's other processes, which write nothing."""
+    return locked_output_dir(Path(cfg.output_dir), inputs, needed) if team.main else nullcontext()
 
 
 @contextmanager

@@ -177,11 +177,11 @@ def check_photo_fits_estimation(photo, width):
         )
 
 
-def image_to_tensor(image, processor, dtype=torch.float32):
+def image_to_tensor(image, device, dtype=torch.float32):
     """(1, 3, H, W) in [0, 1], channels_last: the layout oneDNN and cuDNN convolve best. Made from
     the 8-bit pixels in place: one copy in `dtype` (--apply keeps a large photo in float16)."""
     pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]
-    pixels = pixels.to(processor, memory_format=torch.channels_last).to(dtype)
+    pixels = pixels.to(device, memory_format=torch.channels_last).to(dtype)
     return pixels.div_(255)
 
 
@@ -206,11 +206,10 @@ def tensor_to_image(image):
 
 def input_paths(cfg, unseen_sample=None):
     """{setting: path} of the images to test on: the training image (for a folder, the unseen
-    sample instead) and the held-out one. image_path is made absolute, for the checkpoint."""
+    sample instead) and the held-out one."""
     if cfg.apply:
         return {"apply": resolve_image_path(cfg.apply, "apply")}
-    inputs = {"image_path": resolve_image_path(cfg.image_path, "image_path")}
-    cfg.image_path = str(inputs["image_path"].resolve())
+    inputs = {"image_path": Path(cfg.image_path)}  # found, and made absolute, by parse_settings
     if cfg.folder:
         inputs = {"sample": resolve_image_path(unseen_sample, "image_path")}
     if cfg.holdout_path:

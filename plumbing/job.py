@@ -13,9 +13,11 @@ from types import SimpleNamespace
 import torch
 
 from plumbing.command_line import parse_settings, resume_command
+from plumbing.device import fast_float32
 from plumbing.errors import DeblurError, Stopped, first_line
 from plumbing.files import CHECKPOINT, OUTPUTS
 from plumbing.processes import finish_together, leave, under_torchrun
+from plumbing.settings import defaults
 
 STOP_SIGNALS = [
     getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
@@ -113,18 +115,19 @@ def unfailing_output(silent=False):
         sys.stdout, sys.stderr = previous
 
 
-def run_job(train, apply, settings, choices, script, argv):
+def run_job(train, apply, settings, argv):
     """Parses the settings and runs train(cfg, stop), or apply(cfg, given, stop) for --apply (given:
     the settings the command line named), with stop requests caught; returns the exit code. Every
     failure the user can act on ends in one line on stderr, without a traceback."""
     flush_denormals()
+    fast_float32()
     stop = StopRequest()
     cfg = None
     handler = stop_after_this_step(stop)
     previous = {number: signal.signal(number, handler) for number in STOP_SIGNALS}
     with unfailing_output(silent=os.environ.get("RANK", "0") != "0"):
         try:
-            cfg, given = parse_settings(settings, choices, script, argv)
+            cfg, given = parse_settings(settings, argv)
             if cfg.apply:
                 return apply(cfg, given, stop)
             exit_code = train(cfg, stop)
@@ -149,7 +152,9 @@ def run_job(train, apply, settings, choices, script, argv):
                 return 1
             if not is_out_of_memory(e):
                 raise
-            read = cfg or SimpleNamespace(**settings, folder=False)  # or before they were read
+            read = cfg or SimpleNamespace(
+                **defaults(settings), folder=False
+            )  # or before they were read
             print(f"error: out of memory {smaller_run(read)}", file=sys.stderr)
             return 1
         finally:
@@ -158,11 +163,11 @@ def run_job(train, apply, settings, choices, script, argv):
                 signal.signal(number, handler)
 
 
-def report_outcome(outcome, progress, defaults):
+def report_outcome(outcome, progress, settings):
     """Says how training ended and where the results are; returns the exit code."""
     cfg, stop = progress.cfg, progress.stop
     if outcome == "diverged":
-        kept = "the last good checkpoint was kept" if progress.owns_checkpoint else "none was saved"
+        kept = "the last good checkpoint was kept" if progress.keeper.owns else "none was saved"
         cause = f"lr {cfg.lr} is probably too high: try --lr {cfg.lr / 10:g}"
         if cfg.adversarial_weight:  # the critic's push can throw the network off as well
             weight = cfg.adversarial_weight
@@ -180,7 +185,7 @@ def report_outcome(outcome, progress, defaults):
     if outcome == "stopped":
         print(
             f"Training stopped early at epoch {progress.epoch} of {cfg.num_epochs}. "
-            f"To continue: {resume_command(cfg, defaults)}"
+            f"To continue: {resume_command(cfg, settings)}"
         )
     if stop.signum is None:
         return 0

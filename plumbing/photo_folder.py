@@ -4,13 +4,13 @@ touch only their own pages, which the operating system keeps while there is room
 there is not; processes on one machine (torchrun's) share them. What is trained is Deblur.py's.
 """
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import platformdirs
 import torch
 from PIL import Image, UnidentifiedImageError
 
@@ -43,8 +43,10 @@ def training_photos(cfg, margin, tests, team):
 
 
 def cache_folder():
-    """Where decoded photos are kept: $XDG_CACHE_HOME/deblur, else ~/.cache/deblur."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "deblur"
+    """Where decoded photos are kept: the system's cache folder for Deblur (platformdirs: on Linux
+    $XDG_CACHE_HOME/deblur, else ~/.cache/deblur; ~/Library/Caches/deblur on a Mac;
+    %LOCALAPPDATA%\\deblur\\Cache on Windows)."""
+    return platformdirs.user_cache_path("deblur", appauthor=False)
 
 
 def read_image_folder(folder, crop_size, margin, tests=None):
@@ -81,7 +83,7 @@ def read_image_folder(folder, crop_size, margin, tests=None):
     check_apart(digests, tests or {})
     cache = writable(cache_folder())  # None: the photos are decoded into memory
     if cache:
-        check_room(
+        check_cache_room(
             cache, [size for path, size in sizes.items() if not cached(cache, digests[path])]
         )
     photos = []
@@ -130,7 +132,7 @@ def cached(cache, digest):
     return (cache / f"{digest}.npy").is_file()
 
 
-def check_room(cache, sizes):
+def check_cache_room(cache, sizes):
     """Photos still to decode are refused, before any is, where their cache's disk has no room."""
     if not sizes:
         return
@@ -183,7 +185,7 @@ def decoded(path, cached_copy, size):
     try:
         with atomic_path(cached_copy) as temporary, open(temporary, "wb") as file:
             np.save(file, pixels)
-    except DeblurError as e:  # its disk filled since check_room, say
+    except DeblurError as e:  # its disk filled since check_cache_room, say
         note(f"{path.name} is kept in memory: {e}")
         return in_memory(pixels)
     return mapped(cached_copy, size)

@@ -54,15 +54,15 @@ def this_process(cfg):
     return team
 
 
-def join(team, processor):
+def join(team, device):
     """Joins torchrun's other processes: NCCL between GPUs, gloo between CPUs; and, on GPUs, a
     gloo group too, for the few numbers the processes agree on (stops, losses) without making a
     GPU wait."""
     global CONTROL
     if team.size == 1:
         return
-    backend = "nccl" if processor.type == "cuda" else "gloo"
-    distributed.init_process_group(backend, device_id=processor if backend == "nccl" else None)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    distributed.init_process_group(backend, device_id=device if backend == "nccl" else None)
     CONTROL = distributed.new_group(backend="gloo") if backend == "nccl" else None
 
 
@@ -81,12 +81,12 @@ def leave():
         distributed.destroy_process_group()
 
 
-def together(net, team, processor):
+def together(net, team, device):
     """The network as training calls it: DistributedDataParallel, whose backward averages the
     gradients of all the processes, or the network itself when it trains alone."""
     if team.size == 1:
         return net
-    device_ids = [processor] if processor.type == "cuda" else None
+    device_ids = [device] if device.type == "cuda" else None
     return DistributedDataParallel(net, device_ids=device_ids)
 
 

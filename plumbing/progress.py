@@ -1,5 +1,5 @@
-"""What a run says and keeps as it goes: the plan, a log line and a history row every log_every
-epochs, the checkpoint on time, the end. No figure is drawn here.
+"""What a run says as it goes: the plan, a log line and a history row every log_every epochs, and
+when to take a frame, write the checkpoint (checkpoints.Keeper) or end. No figure is drawn here.
 """
 
 import math
@@ -10,16 +10,12 @@ from time import perf_counter
 from typing import NamedTuple
 
 import torch
-from torch.nn import functional as F
 
-from plumbing.checkpoint_fields import ADVERSARIAL_COLUMNS, HISTORY_COLUMNS
-from plumbing.checkpoints import save_checkpoint
 from plumbing.command_line import quick_look
 from plumbing.device import cpu_has_fast_bfloat16
 from plumbing.errors import DeblurError, note, warn
-from plumbing.files import CHECKPOINT, save_text
-from plumbing.images import thumbnail
-from plumbing.processes import Team, anyone, averaged, check_replicas_agree, gathered, itself
+from plumbing.files import save_text
+from plumbing.processes import Team, anyone, averaged, itself
 
 
 class Duties(NamedTuple):
@@ -44,64 +40,48 @@ def frame_epochs(num_epochs):
 
 
 class Progress:
-    """The run's epoch, time and history, and the bookkeeping the training loop does every log_every
-    epochs: read the losses (the only time the host waits for the device), check them, log, write
-    history.csv and the checkpoint, and stop when asked. `generator` draws a folder's crops: its
-    state goes into the checkpoint, so that a resumed run is the uninterrupted one. `trained_on`:
-    the photos it learns from ([photo_folder.Photo]), whose digests the checkpoint keeps. Under
-    torchrun (`team`), the processes agree on every decision, and the first alone writes.
-    `critic`: the adversarial term's discriminator, its Adam and scaler, checkpointed too."""
+    """The run's epoch, time and history, and what the training loop does every log_every epochs:
+    read the loss terms (the only time the host waits for the device), check them, log, write
+    history.csv, have `frames` take progress.png's frame (results.Frames) and `keeper` write the
+    checkpoint (checkpoints.Keeper), and stop when asked. `generator` draws a folder's crops:
+    its state goes into the checkpoint, so that a resumed run is the uninterrupted one.
+    `trained_on`: the photos it learns from ([photo_folder.Photo]), whose digests the checkpoint
+    keeps. Under torchrun (`team`), the processes agree on every decision; the first writes.
+    `psnr_of_mse`: the metric the log line reads (results.py's)."""
 
-    def __init__(self, cfg, stop, generator=None, trained_on=(), team=None, critic=None):
-        self.cfg, self.stop, self.generator = cfg, stop, generator
-        self.trained_on, self.team, self.critic = trained_on, team or Team(), critic
-        self.generators = []  # every process's crops' generator state, as at the last checkpoint
+    def __init__(
+        self, cfg, stop, psnr_of_mse, keeper=None, generator=None, trained_on=(), team=None
+    ):
+        self.cfg, self.stop, self.psnr_of_mse = cfg, stop, psnr_of_mse
+        self.keeper, self.generator, self.trained_on = keeper, generator, trained_on
+        self.team = team or Team()
         self.out = Path(cfg.output_dir)
         self.epoch = 0
         self.elapsed = 0.0
-        self.history = []
-        self.owns_checkpoint = (
-            False  # whether output_dir/checkpoint.pt is this run's (else it is kept aside)
-        )
-        self.checkpoint_owed = False  # a checkpoint write failed: try again at the next log
+        self.history = []  # history.csv's rows: {column: number}
         self.diverged_at = None
         self.timer_epoch = 0
         self.timer = perf_counter()
-        self.watched = None  # (network input, sharp, border) of the image progress.png shows
-        self.frames = []  # [epoch, PSNR, small 8-bit reconstruction] at each of frame_epochs
+        self.frames = None  # progress.png's frames (results.Frames), where the run shows one
         self.frame_at = frame_epochs(cfg.num_epochs)  # worked out once, not every step
 
-    def watch(self, inputs, sharp, border):
-        self.watched = (inputs, sharp, border)
-
-    def state_dict(self):
-        """What a checkpoint keeps of the run, as PyTorch's own objects give theirs."""
-        return {
-            "epoch": self.epoch,
-            "elapsed": self.elapsed,
-            "history": self.history,
-            "photos": {photo.path.name: photo.digest for photo in self.trained_on},
-            "crops_generator": self.generator.get_state() if self.generator else None,
-            "crops_generators": self.generators,  # under torchrun: every process's
-            "frames": self.frames,
-        }
-
-    def load_state_dict(self, state):
-        """The run as a checkpoint kept it (state_dict's keys)."""
-        if self.generator and torch.is_tensor(state["crops_generator"]):
-            self.generator.set_state(state["crops_generator"])
-        trained_by = len(state["crops_generators"]) or 1  # none: saved before they were kept
+    def load_state_dict(self, checkpoint):
+        """The run as a checkpoint kept it (checkpoint_fields.checkpoint_state)."""
+        if self.generator and torch.is_tensor(checkpoint["crops_generator"]):
+            self.generator.set_state(checkpoint["crops_generator"])
+        trained_by = len(checkpoint["crops_generators"])
         if trained_by != self.team.size:
             note(
                 f"the checkpoint was trained by {trained_by} processes, now {self.team.size}: "
                 f"the crops differ from an uninterrupted run's"
             )
         elif self.team.size > 1:
-            self.generator.set_state(state["crops_generators"][self.team.rank])
-        self.epoch = state["epoch"]
-        self.elapsed = state["elapsed"]
-        self.history = state["history"]
-        self.frames = state["frames"]
+            self.generator.set_state(checkpoint["crops_generators"][self.team.rank])
+        self.epoch = checkpoint["epoch"]
+        self.elapsed = checkpoint["elapsed"]
+        self.history = checkpoint["history"]
+        if self.frames:
+            self.frames.taken = checkpoint["frames"]
 
     def start(self):
         self.timer_epoch = self.epoch
@@ -115,16 +95,16 @@ class Progress:
         final = epoch == self.cfg.num_epochs or stopping
         logs = epoch % self.cfg.log_every == 0 or final
         saves = epoch % self.cfg.checkpoint_every == 0 or final
-        frame = self.watched is not None and (final or epoch in self.frame_at)
+        frame = self.frames is not None and (final or epoch in self.frame_at)
         if logs or saves or frame:
             return Duties(logs, saves, final, stopping, frame)
         return None
 
-    def record(self, epoch, due, net, optimizer, scaler, losses):
-        """Returns 'running', 'done', 'stopped' or 'diverged' (a loss or a weight not finite:
-        nothing is logged or saved)."""
+    def record(self, epoch, due, net, optimizer, scaler, terms):
+        """`terms`: the step's loss terms by name, on the device. Returns 'running', 'done',
+        'stopped' or 'diverged' (a loss or a weight not finite: nothing is logged or saved)."""
         net = itself(net)  # under torchrun, the network inside DistributedDataParallel
-        values = averaged(self.team, [loss.item() for loss in losses])  # of every process's crops
+        values = averaged(self.team, [term.item() for term in terms.values()])  # every process's
         weights = net.state_dict().values()
         finite = torch.stack([weight.isfinite().all() for weight in weights]).all()
         if not all(map(math.isfinite, values)) or not finite:
@@ -139,66 +119,31 @@ class Progress:
         ending = (
             "stopped" if due.stopping else "done" if epoch == self.cfg.num_epochs else "running"
         )
-        if self.team.size > 1:  # collectives: every process makes them, at the same epochs
-            self.keep_every_generator(due, net)
+        if self.keeper:  # under torchrun every process gathers for it, at the same epochs
+            self.keeper.gather(due, net, self.generator)
         if not self.team.main:  # the first process alone logs and writes
             return ending
         if due.frame:
-            self.take_frame(epoch, net)
+            self.frames.take(epoch, net)
         if due.logs:
-            self.log(values, rate)
-            self.try_to_write(due, write_history, self.out / "history.csv", self.history)
-        if due.saves or self.checkpoint_owed:
-            checkpoint = (self.out / CHECKPOINT, net, optimizer, scaler, self)
-            self.checkpoint_owed = not self.try_to_write(due, save_checkpoint, *checkpoint)
+            self.log(dict(zip(terms, values, strict=True)), rate)
+            try_to_write(due, write_history, self.out / "history.csv", self.history)
+        if self.keeper:
+            self.keeper.keep(due, net, optimizer, scaler, self)
         return ending
 
-    def keep_every_generator(self, due, net):
-        """Under torchrun, every process's crops' generator state, for the first process's
-        checkpoint (at a log epoch too: a failed write is tried again there); and before a
-        checkpoint, that every process's weights are still the same."""
-        if due.saves:
-            check_replicas_agree(self.team, net)
-            if self.critic:
-                check_replicas_agree(self.team, itself(self.critic.net))
-        if due.logs or due.saves:
-            self.generators = gathered(self.team, self.generator.get_state())
-
-    def take_frame(self, epoch, net):
-        """The network's reconstruction of the watched image now, small, and its PSNR."""
-        inputs, sharp, border = self.watched
-        net.eval()  # as it will be used
-        with (
-            torch.no_grad()
-        ):  # its class's forward: a compiled one would compile again, for its size
-            restored = type(net).forward(net, inputs).float().clamp(0, 1)
-        net.train()
-        mse = F.mse_loss(without_border(restored, border), without_border(sharp, border)).item()
-        self.frames.append([epoch, psnr_from_mse(mse), thumbnail(restored)])
-
-    def try_to_write(self, due, write, *args):
-        """A write that fails mid-run (a briefly full disk, say) is a warning: training goes on
-        and the next log or checkpoint epoch tries again. Only the final one is an error."""
-        try:
-            write(*args)
-            return True
-        except DeblurError as e:
-            if due.final:
-                raise
-            warn(f"{e}; training goes on, and tries again at the next log or checkpoint")
-            return False
-
-    def log(self, values, rate):
-        total, mse, perceptual, *adversarial = values  # adversarial: (the term, the critic's)
-        psnr = psnr_from_mse(mse)
+    def log(self, terms, rate):
+        """The log line and history.csv's row of the loss terms ({name: value}): the original's
+        `Epoch N, Total Loss: ..., MSE: ..., Perceptual: ...`, then any other term by its name."""
+        psnr = self.psnr_of_mse(terms["mse"])
         remaining = (self.cfg.num_epochs - self.epoch) / rate
-        self.history.append([self.epoch, total, mse, perceptual, psnr, self.elapsed, *adversarial])
-        judged = ""
-        if adversarial:
-            judged = f"Adversarial: {adversarial[0]:.6f}, Discriminator: {adversarial[1]:.6f}, "
+        # The loss terms last: a term a resumed run adds is a column after them all
+        self.history.append({"epoch": self.epoch, "psnr": psnr, "seconds": self.elapsed, **terms})
+        said = ", ".join(
+            f"{TERMS_SAID.get(name, name.title())}: {value:.6f}" for name, value in terms.items()
+        )
         print(
-            f"Epoch {self.epoch}, Total Loss: {total:.6f}, MSE: {mse:.6f}, "
-            f"Perceptual: {perceptual:.6f}, {judged}PSNR: {psnr:.2f} dB, {rate:.1f} epochs/s, "
+            f"Epoch {self.epoch}, {said}, PSNR: {psnr:.2f} dB, {rate:.1f} epochs/s, "
             f"elapsed {hms(self.elapsed)}, ETA {hms(remaining)}"
         )
         if len(self.history) == 1 and remaining > 3600:
@@ -208,38 +153,42 @@ class Progress:
             )
 
 
+# How the log line names a loss term, where not by its name in title case (the original's words)
+TERMS_SAID = {"total": "Total Loss", "mse": "MSE"}
+
+
+def try_to_write(due, write, *args):
+    """A write that fails mid-run (a briefly full disk, say) is a warning: training goes on and
+    the next log or checkpoint epoch tries again. Only the final one is an error. Returns whether
+    it was written."""
+    try:
+        write(*args)
+        return True
+    except DeblurError as e:
+        if due.final:
+            raise
+        warn(f"{e}; training goes on, and tries again at the next log or checkpoint")
+        return False
+
+
 def write_history(path, history):
-    """history.csv; with the adversarial term's two columns when any row has them (a run resumed
-    with the term added leaves them empty on the rows from before it)."""
-    columns = HISTORY_COLUMNS
-    if any(len(row) > len(HISTORY_COLUMNS) for row in history):
-        columns += ADVERSARIAL_COLUMNS
+    """history.csv: a column for each name in any row (a loss term added by a resumed run, the
+    adversarial one, leaves its column empty on the rows from before it)."""
+    columns = list(dict.fromkeys(name for row in history for name in row))
     lines = [",".join(columns)]
     for row in history:
-        lines.append(",".join([*map(str, row), *[""] * (len(columns) - len(row))]))
+        lines.append(",".join(str(row.get(name, "")) for name in columns))
     save_text("\n".join(lines) + "\n", path)
-
-
-def psnr_from_mse(mse):
-    """PSNR in dB of images in [0, 1] whose mean squared error is `mse`."""
-    return 10 * math.log10(1 / mse) if mse > 0 else math.inf
-
-
-def without_border(image, border):
-    """The image as the metrics see it: without `border` pixels on each side, or fewer on an image
-    too small to keep SSIM's 11x11 window."""
-    border = max(0, min(border, (min(image.shape[-2:]) - 11) // 2))
-    return image[..., border : image.shape[-2] - border, border : image.shape[-1] - border]
 
 
 def hms(seconds):
     return str(timedelta(seconds=round(seconds)))
 
 
-def print_plan(cfg, facts, perceptual, progress, baseline, warm_up):
+def print_plan(cfg, facts, net, perceptual, progress, baseline, warm_up):
     """The run's plan: what it trains on, how, and the blurred image's quality to beat."""
     psnr, ssim = baseline
-    processor, amp, team = facts.processor, facts.amp, facts.team
+    device, amp, team = facts.device, facts.amp, facts.team
     blur = f"{cfg.blur_kind} blur of radius {cfg.blur_radius}"
     if cfg.blur_kind == "random":
         blur = (
@@ -248,7 +197,7 @@ def print_plan(cfg, facts, perceptual, progress, baseline, warm_up):
         )
     if cfg.noise_level:
         blur += f", noise of {'up to ' if cfg.blur_kind == 'random' else ''}{cfg.noise_level}/255"
-    print(f"Using device: {processor}")
+    print(f"Using device: {device}")
     if cfg.folder:
         print(
             f"Images: random {cfg.crop_size}x{cfg.crop_size} crops of {cfg.image_path}, "
@@ -266,18 +215,19 @@ def print_plan(cfg, facts, perceptual, progress, baseline, warm_up):
             f"torchrun: {team.size} processes, each with its own crops; their gradients are "
             f"averaged, so a step learns from {team.size * cfg.batch_size} crops"
         )
-    network = {"deblurnet": "DeblurNet", "unet": "U-Net", "resnet": "ResNet"}[cfg.model]
+    network = net.title
     if cfg.restore_from == "wiener":
         network += " on Wiener's deconvolution"
     loss = f"{cfg.mse_weight}*{cfg.pixel_loss.upper()} + "
     loss += f"{cfg.perceptual_weight if perceptual else 0}*VGG19 perceptual"
     if cfg.adversarial_weight:
         loss += f" + {cfg.adversarial_weight}*adversarial (least squares, a PatchGAN's scores)"
+    epochs = "epochs (an epoch: one step on one batch)" if cfg.folder else "epochs"
     print(
-        f"Training the {network}, epochs {progress.epoch + 1} to {cfg.num_epochs}, AMP "
+        f"Training the {network}, {epochs} {progress.epoch + 1} to {cfg.num_epochs}, AMP "
         f"{str(amp)[6:]}, loss {loss}, lr {cfg.lr}"
     )
-    if amp == torch.float16 and processor.type == "cpu":
+    if amp == torch.float16 and device.type == "cpu":
         note("float16 on a CPU is emulated and far slower than --amp_dtype auto")
-    if amp == torch.bfloat16 and processor.type == "cpu" and not cpu_has_fast_bfloat16():
+    if amp == torch.bfloat16 and device.type == "cpu" and not cpu_has_fast_bfloat16():
         note("this CPU has no bfloat16 in hardware: emulated, it is 2-21x slower than float32")

@@ -64,26 +64,30 @@ def test_each_step_trains_the_discriminator_first_then_the_network_each_clipped(
 
 
 def test_the_discriminator_learns_sharp_as_1_and_restored_as_0_and_the_network_aims_at_1():
-    # A judge that scores a patch its mean brightness and does not learn (SGD at lr 0); a sharp
-    # image of 0.8 and a blurred one of 0.2, which the untrained network returns as it is
-    judge = nn.Conv2d(3, 1, kernel_size=1)
-    nn.init.constant_(judge.weight, 1 / 3)
-    nn.init.zeros_(judge.bias)
+    # A discriminator that scores a patch its mean brightness and does not learn (SGD at lr 0); a
+    # sharp image of 0.8 and a blurred one of 0.2, which the untrained network returns as it is
+    scorer = nn.Conv2d(3, 1, kernel_size=1)
+    nn.init.constant_(scorer.weight, 1 / 3)
+    nn.init.zeros_(scorer.bias)
     unscaled = torch.amp.GradScaler("cpu", enabled=False)  # float32
-    critic = Deblur.Critic(judge, torch.optim.SGD(judge.parameters(), lr=0.0), unscaled)
+    sgd = torch.optim.SGD(scorer.parameters(), lr=0.0)
+    discriminator = Deblur.Discriminator(scorer, sgd, unscaled)
     cfg = SimpleNamespace(**{**TINY, "adversarial_weight": 0.5})
-    facts = SimpleNamespace(processor=torch.device("cpu"), amp=torch.float32, multi_tensor=True)
+    facts = SimpleNamespace(device=torch.device("cpu"), amp=torch.float32, multi_tensor=True)
     net = ResNet()
     batch = torch.full((1, 3, 16, 16), 0.2), torch.full((1, 3, 16, 16), 0.8), None
     adam = torch.optim.Adam(net.parameters(), lr=1e-3)
-    terms = Deblur.training_step(cfg, net, None, adam, unscaled, batch, facts, critic)
-    loss, mse, _, adversarial, told_apart = (term.item() for term in terms)
+    terms = Deblur.training_step(cfg, net, None, adam, unscaled, batch, facts, discriminator)
+    values = {name: term.item() for name, term in terms.items()}
+    loss, mse, adversarial, told_apart = (
+        values[name] for name in ("total", "mse", "adversarial", "discriminator")
+    )
     assert adversarial == pytest.approx((0.2 - 1) ** 2)  # the network's patches aim at 1
     assert told_apart == pytest.approx((0.8 - 1) ** 2 + 0.2**2)  # sharp ones at 1, restored at 0
     assert loss == pytest.approx(mse + 0.5 * adversarial)
-    # The judge's gradient is its own step's alone: the network's step leaves its weights be
+    # The discriminator's gradient is its own step's alone: the network's step leaves its weights be
     own = 2 * (0.8 - 1) * 0.8 + 2 * 0.2 * 0.2  # d/dw of the two squared distances, each colour
-    torch.testing.assert_close(judge.weight.grad, torch.full_like(judge.weight, own))
+    torch.testing.assert_close(scorer.weight.grad, torch.full_like(scorer.weight, own))
 
 
 def test_a_run_with_the_term_is_not_resumed_without_it(adversarial_checkpoint, tmp_path, capsys):
@@ -112,7 +116,7 @@ def test_adding_the_term_on_resume_starts_a_fresh_discriminator_and_says_so(
 
 
 def without_discriminator(checkpoint):
-    del checkpoint["discriminator"]
+    checkpoint["discriminator"] = None
 
 
 def with_another_discriminator(checkpoint):

@@ -14,7 +14,7 @@ from torch import nn
 
 import Deblur
 from blurs import blur_kernel
-from networks import DeblurNet
+from networks import NETWORKS, DeblurNet
 from plumbing import files
 from plumbing.errors import DeblurError
 from plumbing.images import image_to_tensor, to_hwc
@@ -101,7 +101,7 @@ def unet_after_wiener(tmp_path_factory):
 def whole_photo_result(checkpoint, photo, kernel, noise):
     """What the checkpoint's network, after its Wiener step, makes of the whole photo at once."""
     saved = checkpoint_of(checkpoint)
-    net = Deblur.MODELS[saved["settings"]["model"]](inputs=5).eval()  # Wiener's, noise, spread
+    net = NETWORKS[saved["settings"]["model"]](inputs=5).eval()  # Wiener's, noise, spread
     net.load_state_dict(saved["model"])
     trained = SimpleNamespace(restore_from="wiener")
     image = image_to_tensor(Image.open(photo), "cpu")
@@ -120,7 +120,7 @@ def test_apply_runs_the_checkpoints_own_network_after_its_first_step(
     # A correction large enough to see, from every pixel the network reaches: random weights
     checkpoint = checkpoint_of(unet_after_wiener)
     torch.manual_seed(0)
-    random = Deblur.MODELS[model](inputs=5)
+    random = NETWORKS[model](inputs=5)
     nn.init.normal_(random.last.weight, std=spread)
     checkpoint["model"] = random.state_dict()
     checkpoint["settings"]["model"] = model
@@ -337,7 +337,7 @@ def test_a_blur_edited_in_the_settings_block_is_the_one_undone(any_blur, tmp_pat
     edited = {"blur_kind": "motion", "blur_radius": 3.0, "blur_angle": 30.0, "noise_level": 2.0}
     with pytest.MonkeyPatch.context() as patch:  # as if these lines of Deblur.py were edited
         for name, value in edited.items():
-            patch.setitem(Deblur.SETTINGS, name, value)
+            patch.setitem(Deblur.SETTINGS, name, Deblur.SETTINGS[name]._replace(default=value))
         arguments = ["--apply", str(photo), "--resume", str(any_blur), "--kernel", ""]
         assert Deblur.main([*arguments, "--output_dir", str(tmp_path / "out")]) == 0
     assert "estimated" not in capsys.readouterr().out  # neither the blur nor the noise

@@ -16,9 +16,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def test_auto_picks_float16_with_enabled_grad_scalers_on_cuda(tmp_path):
     argv = ["--device", "cuda", "--amp_dtype", "auto", "--output_dir", str(tmp_path)]
     argv += ["--adversarial_weight", "0.01"]  # the discriminator has a scaler of its own
-    cfg, _ = parse_settings(Deblur.SETTINGS, Deblur.CHOICES, Deblur.__file__, argv)
+    cfg, _ = parse_settings(Deblur.SETTINGS, argv)
     facts = Deblur.facts_of(cfg)
-    net = Deblur.make_network(cfg.model, cfg.restore_from, cfg.seed, facts.processor)
+    net = Deblur.make_network(cfg.model, cfg.restore_from, cfg.seed, facts.device)
     vgg, optimizer, scaler, critic = Deblur.make_training(cfg, net, None, facts)
     assert facts.amp == torch.float16
     assert scaler.is_enabled()

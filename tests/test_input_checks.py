@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import digests, make_photo, png_bytes, run_deblur
 
-import Deblur
+from networks import DeblurNet
 from plumbing import files, images
 
 PRECIOUS = {
@@ -41,18 +41,23 @@ BAD_INPUTS = [
         "image_size too small",
         "photo",
         ["--image_size", "8"],
-        "--image_size must be between 16 and 4096",
+        "--image_size must be between 16 and 4,096",
     ),
     (
         "image_size too large",
         "photo",
         ["--image_size", "5000"],
-        "--image_size must be between 16 and 4096",
+        "--image_size must be between 16 and 4,096",
     ),
     ("non-numeric lr", "photo", ["--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
-    ("negative epochs", "photo", ["--num_epochs", "-3"], "--num_epochs must be positive, got -3"),
+    (
+        "negative epochs",
+        "photo",
+        ["--num_epochs", "-3"],
+        "--num_epochs must be between 1 and 1,000,000,000, got -3",
+    ),
     ("infinite weight", "photo", ["--mse_weight", "inf"], "--mse_weight must be a finite number"),
-    ("negative blur", "photo", ["--blur_radius", "-1"], "--blur_radius must be zero or positive"),
+    ("negative blur", "photo", ["--blur_radius", "-1"], "--blur_radius must be between 0 and 682"),
     (
         "nothing to learn",
         "photo",
@@ -135,7 +140,7 @@ def test_a_full_disk_is_refused_before_training(photo_path, tmp_path, monkeypatc
 
 
 def test_the_free_space_asked_for_is_what_this_run_needs(photo_path, tmp_path, monkeypatch, capsys):
-    needed = files.space_needed(Deblur.DeblurNet(), 32)  # two checkpoints and the outputs at 32 px
+    needed = files.space_needed(DeblurNet(), 32)  # two checkpoints and the outputs at 32 px
     assert needed == 2 * 3 * 4 * 1_331_459 + 16 * 32**2 + 2**24
     for free, code in ((needed - 2**20, 2), (needed + 2**20, 0)):
         usage = type("Usage", (), {"free": free, "total": 2**40})
@@ -176,7 +181,7 @@ def test_out_of_memory_names_the_size_and_suggests_a_smaller_one(
     def out_of_memory(*args):
         raise error
 
-    monkeypatch.setattr(Deblur.DeblurNet, "forward", out_of_memory)
+    monkeypatch.setattr(DeblurNet, "forward", out_of_memory)
     assert run_deblur(photo_path, tmp_path) == 1
     assert "error: out of memory at image_size 32; try --image_size 16" in capsys.readouterr().err
 
@@ -185,7 +190,7 @@ def test_other_runtime_errors_are_not_disguised_as_out_of_memory(photo_path, tmp
     def bug(*args):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(Deblur.DeblurNet, "forward", bug)
+    monkeypatch.setattr(DeblurNet, "forward", bug)
     with pytest.raises(RuntimeError, match="a bug"):
         run_deblur(photo_path, tmp_path)
 

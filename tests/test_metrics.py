@@ -7,8 +7,7 @@ import pytest
 import torch
 from conftest import ROOT, image_pair
 
-from plumbing.progress import psnr_from_mse
-from results import image_quality
+from results import image_quality, psnr_from_mse
 
 
 def reference_ssim(a, b, data_range=1.0, sigma=1.5, size=11):

@@ -230,17 +230,20 @@ def test_a_hand_edited_setting_in_a_checkpoint_is_refused_in_one_line(
     assert not (tmp_path / "resumed").exists() and not (tmp_path / "applied").exists()
 
 
-@pytest.mark.parametrize("model", ["unet", "resnet"])
-def test_a_checkpoint_that_does_not_say_its_network_is_known_by_its_weights(
-    photo_path, tmp_path, capsys, model
+def test_a_checkpoint_that_does_not_say_its_network_is_refused_in_one_line(
+    trained_checkpoint, tmp_path, capsys
 ):
-    unet = ("--model", model, "--restore_from", "wiener", "--num_epochs", "1")
-    assert run_deblur(photo_path, tmp_path, *unet) == 0
-    checkpoint = checkpoint_of(tmp_path)
-    del checkpoint["settings"]["model"], checkpoint["settings"]["restore_from"]
+    checkpoint = checkpoint_of(trained_checkpoint)
+    del checkpoint["settings"]["model"]
     torch.save(checkpoint, tmp_path / "checkpoint.pt")
-    assert run_deblur(photo_path, tmp_path, *unet[:-1], "2", "--resume") == 0
-    assert "Resumed from" in capsys.readouterr().out and checkpoint_of(tmp_path)["epoch"] == 2
+    photo = trained_checkpoint.parent / "train.png"
+    assert run_deblur(photo, tmp_path / "out", "--resume", str(tmp_path / "checkpoint.pt")) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.endswith(
+        "does not say its model; it is damaged or hand-edited: use another "
+        "checkpoint, or train afresh"
+    )
+    assert len(error.splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
 def test_a_refused_resume_creates_nothing_and_loads_no_vgg(

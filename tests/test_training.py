@@ -15,6 +15,7 @@ from PIL import Image
 from torchvision.models import VGG19_Weights
 
 import Deblur
+from networks import DeblurNet
 from plumbing.command_line import (
     ANY_BLUR_QUICK_LOOK,
     BLIND_QUICK_LOOK,
@@ -24,6 +25,7 @@ from plumbing.command_line import (
 )
 from plumbing.device import amp_dtype_for
 from plumbing.progress import Progress, frame_epochs
+from results import psnr_from_mse
 
 LOG_LINE = re.compile(
     r"^Epoch (\d+), Total Loss: \d+\.\d{6}, MSE: \d+\.\d{6}, Perceptual: \d+\.\d{6}, "
@@ -67,7 +69,7 @@ def test_the_network_learns_to_turn_the_blurred_image_into_the_sharp_one(
     """A swap of the pair anywhere would train the network to blur: it sees the blurred image and
     is compared with the sharp one."""
     seen, targets = [], []
-    real_forward, real_mse = Deblur.DeblurNet.forward, Deblur.F.mse_loss
+    real_forward, real_mse = DeblurNet.forward, Deblur.F.mse_loss
 
     def recording_forward(net, x):
         seen.append(x.detach().clone())
@@ -78,7 +80,7 @@ def test_the_network_learns_to_turn_the_blurred_image_into_the_sharp_one(
             targets.append(target.detach().clone())
         return real_mse(restored, target)
 
-    monkeypatch.setattr(Deblur.DeblurNet, "forward", recording_forward)
+    monkeypatch.setattr(DeblurNet, "forward", recording_forward)
     monkeypatch.setattr(Deblur.F, "mse_loss", recording_mse)
     assert run_deblur(photo_path, tmp_path, "--num_epochs", "1") == 0
     blurred, sharp, _, _ = image_pair(photo_path, 32)
@@ -99,8 +101,8 @@ def test_history_row_matches_the_log_line(photo_path, tmp_path, capsys):
     line = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Epoch 4,")][0]
     row = history(tmp_path)[-1]
     # At adversarial_weight 0 (TINY's), nothing of the term: no column, no words, no discriminator
-    assert list(row) == ["epoch", "total", "mse", "perceptual", "psnr", "seconds"]
-    assert "Adversarial" not in line and "discriminator" not in checkpoint_of(tmp_path)
+    assert list(row) == ["epoch", "psnr", "seconds", "total", "mse", "perceptual"]
+    assert "Adversarial" not in line and checkpoint_of(tmp_path)["discriminator"] is None
     assert f"Total Loss: {float(row['total']):.6f}" in line
     assert f"PSNR: {float(row['psnr']):.2f} dB" in line
 
@@ -252,13 +254,14 @@ def test_a_long_run_suggests_the_quick_look_of_its_mode(
 ):
     cfg = SimpleNamespace(num_epochs=20000, output_dir=tmp_path, image_path=str(tmp_path))
     cfg.__dict__.update(folder=folder, blur_kind=kind, restore_from=restore_from)
-    progress = Progress(cfg, stop=None)
+    progress = Progress(cfg, None, psnr_from_mse)
     progress.epoch = 10
-    progress.log([0.1, 0.1, 0.0], rate=0.5)
+    terms = {"total": 0.1, "mse": 0.1, "perceptual": 0.0}
+    progress.log(terms, rate=0.5)
     if folder:
         expected = f"--image_path {tmp_path} {expected}"
     assert f"A quick look: python Deblur.py {expected}\n" in capsys.readouterr().out
-    progress.log([0.1, 0.1, 0.0], rate=0.5)
+    progress.log(terms, rate=0.5)
     assert "quick look" not in capsys.readouterr().out  # said once, at the first log line
 
 
@@ -278,7 +281,7 @@ def test_compile_on_compiles_the_network_and_computes_what_eager_does(
         losses[mode] = [float(r["total"]) for r in history(tmp_path / mode)]
     assert losses["on"] == pytest.approx(losses["off"], rel=1e-2)
     checkpoint = checkpoint_of(tmp_path / "on")
-    assert set(checkpoint["model"]) == set(Deblur.DeblurNet().state_dict())  # names unchanged
+    assert set(checkpoint["model"]) == set(DeblurNet().state_dict())  # names unchanged
 
 
 def test_compile_on_compiles_the_forwards_of_the_network_and_the_vgg(
@@ -293,7 +296,7 @@ def test_compile_on_compiles_the_forwards_of_the_network_and_the_vgg(
     monkeypatch.setattr(torch, "compile", recording_compile)
     args = ("--torch_compile", "on", "--perceptual_weight", "0.1", "--num_epochs", "1")
     assert run_deblur(photo_path, tmp_path, *args) == 0
-    assert compiled == ["DeblurNet.forward", "VGG19Loss.forward"]
+    assert compiled == ["Restorer.forward", "VGG19Loss.forward"]  # DeblurNet's is Restorer's
 
 
 def test_compile_auto_is_off_on_a_cpu(photo_path, tmp_path, monkeypatch):
@@ -344,7 +347,7 @@ def test_on_apples_mps_neither_adam_nor_clipping_asks_for_multi_tensor_kernels(
     photo_path, monkeypatch
 ):
     argv = ["--image_path", str(photo_path), "--image_size", "32", "--perceptual_weight", "0"]
-    cfg = parse_settings(Deblur.SETTINGS, Deblur.CHOICES, Deblur.__file__, argv)[0]
+    cfg = parse_settings(Deblur.SETTINGS, argv)[0]
     monkeypatch.setattr(Deblur, "pick_device", lambda name, team: torch.device("mps"))
     facts = Deblur.facts_of(cfg)
     assert not facts.multi_tensor
@@ -356,8 +359,8 @@ def test_on_apples_mps_neither_adam_nor_clipping_asks_for_multi_tensor_kernels(
         return clip(parameters, max_norm, foreach=foreach)
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", as_on_mps)
-    facts = facts._replace(processor=torch.device("cpu"))  # MPS's constraints, on the CPU
-    net = Deblur.make_network(cfg.model, cfg.restore_from, cfg.seed, facts.processor)
+    facts = facts._replace(device=torch.device("cpu"))  # MPS's constraints, on the CPU
+    net = Deblur.make_network(cfg.model, cfg.restore_from, cfg.seed, facts.device)
     _, adam, scaler, _ = Deblur.make_training(cfg, net, None, facts)
     assert not adam.defaults["fused"]
     batch = next(

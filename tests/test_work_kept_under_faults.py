@@ -28,6 +28,7 @@ from conftest import (
 from PIL import Image
 
 import Deblur
+from networks import DeblurNet
 from plumbing import checkpoints
 from plumbing.progress import Progress
 
@@ -297,7 +298,7 @@ def test_a_disk_full_inside_torch_save_replaces_nothing_and_leaves_no_partial_fi
 
 def test_a_stopped_apply_writes_nothing(trained_checkpoint, tmp_path, monkeypatch, capsys):
     big = save_photo(tmp_path, "big.png", (200, 1200))
-    signal_during(monkeypatch, Deblur.DeblurNet, "correction", signal.SIGTERM)
+    signal_during(monkeypatch, DeblurNet, "correction", signal.SIGTERM)
     args = ("--apply", str(big), "--resume", str(trained_checkpoint))
     assert run_deblur("unused.png", tmp_path / "out", *args) == 143
     captured = capsys.readouterr()
