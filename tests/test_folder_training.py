@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import (
     ROOT,
+    TINY,
     assert_resumed_as_uninterrupted,
     checkpoint_of,
     png_bytes,
@@ -169,7 +170,7 @@ def test_a_folders_steps_after_the_first_copy_no_kernel_to_the_device(monkeypatc
 
 
 def test_a_folder_warms_the_learning_rate_up_then_decays_it():
-    cfg = SimpleNamespace(lr=1e-3, num_epochs=1000)
+    cfg = SimpleNamespace(**{**TINY, "lr": 1e-3, "num_epochs": 1000})
     assert Deblur.learning_rate(cfg, 50) == pytest.approx(0.5e-3 * (1 + math.cos(math.pi / 20)) / 2)
     rates = [Deblur.learning_rate(cfg, epoch) for epoch in (100, 500, 900)]
     assert rates == sorted(rates, reverse=True) and rates[-1] > 0
