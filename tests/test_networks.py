@@ -1,10 +1,19 @@
 """The networks: the original DeblurNet, layer by layer, the U-Net, the ResNet and the
 adversarial term's discriminator."""
 
+import pytest
 import torch
 from torch import nn
 
-from networks import MEAN_WINDOW, DeblurNet, PatchDiscriminator, ResNet, UNet, local_mean
+from networks import (
+    MEAN_WINDOW,
+    NETWORKS,
+    DeblurNet,
+    PatchDiscriminator,
+    ResNet,
+    UNet,
+    local_mean,
+)
 
 
 def test_layers_are_the_originals_seven_convolutions_with_tanh_between():
@@ -156,3 +165,15 @@ def test_the_discriminator_scores_34_pixel_patches():
     (gradient,) = torch.autograd.grad(scores[0, 0, 10, 10], image)
     rows = gradient.abs().sum(dim=(0, 1, 3)).nonzero().flatten()
     assert rows.max().item() - rows.min().item() + 1 == 34
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_every_networks_correction_sees_its_reach_each_way_and_no_further(name):
+    """--apply's tiles overlap by REACH: a network that saw further would seam its tiles."""
+    torch.manual_seed(0)
+    net = NETWORKS[name]()
+    for parameter in net.parameters():
+        nn.init.normal_(parameter, std=0.2)  # none zero (a last layer starts so), none dead
+    image = torch.rand(1, 3, 256, 8, requires_grad=True)
+    assert furthest_seen(net.correction, image) == net.REACH
+    assert net.name == name and net.title
