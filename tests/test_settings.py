@@ -112,7 +112,8 @@ def test_help_lists_every_setting_with_its_comment(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for name in Deblur.SETTINGS:
         assert f"--{name}" in text
-    assert "Adam learning rate" in text and "{gaussian,motion,defocus,box,random}" in text
+    kinds = "{" + ",".join(Deblur.SETTINGS["blur_kind"].choices) + "}"  # a choice's values
+    assert "Adam learning rate" in text and kinds in text and "[16 to 4096]" in text
     assert "(default: 0.0001)" in text
 
 
