@@ -32,7 +32,7 @@ from plumbing.command_line import (  # noqa: E402
     FOLDER_QUICK_LOOK,
     parse_settings,  # noqa: E402
 )
-from plumbing.device import mixed_precision  # noqa: E402
+from plumbing.device import fast_float32, mixed_precision  # noqa: E402
 from plumbing.job import flush_denormals  # noqa: E402
 from plumbing.photo_folder import read_image_folder  # noqa: E402
 
@@ -152,6 +152,7 @@ def folder_benchmark(args):
 
 def main():
     flush_denormals()  # as every run does, before torch's first parallel operation
+    fast_float32()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--repeats", type=int, default=5)
