@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
-LINE = re.compile(r"^(\w+) = .*?  # (.*?)(?: \[(.+)\])?$")
+LINE = re.compile(r"^([a-z_]\w*)\s*=.*?(?:\s#\s*(.*?)(?:\s*\[([^\]]+)\])?)?\s*$")
 RANGE = re.compile(r"^(-?[\d.e]+) to (-?[\d.e]+)$")
 BOUND = re.compile(r"^(above|at least) (-?[\d.e]+)$")
 TABLE = re.compile(r"^[\w.]+\.[A-Z_]+$")
@@ -59,20 +59,27 @@ def number(value):
 
 
 def declared(namespace, script):
-    """{name: Setting} of the settings block of `script`, whose module's globals are `namespace`."""
+    """{name: Setting} of the settings block of `script`, whose module's globals are `namespace`:
+    every lowercase global that is a number or a string (the block's values), each as its line
+    declares it. A line edited out of shape (its comment gone, say) is still a setting, with what
+    its line still says."""
     source = Path(script).read_text(encoding="utf-8")
-    block = source.split("\n# ---- Settings", 1)[1].split("\n# ----\n", 1)[0]
-    settings = {}
+    lines = {}
     problem = False
-    for line in block.splitlines():
+    block = re.search(r"^# ---- Settings.*?$(.*?)^# ----$", source, re.MULTILINE | re.DOTALL)
+    for line in block[1].splitlines():
         if line.startswith("# -- "):
             problem = line.startswith(PROBLEM_HEADING)
         elif match := LINE.match(line):
-            name, help, rule = match.groups()
+            lines[match[1]] = (match[2] or "", match[3], problem)
+    settings = {}
+    for name, value in namespace.items():
+        if name.islower() and not name.startswith("_") and isinstance(value, (int, float, str)):
+            help, rule, problem = lines.get(name, ("", None, False))
             fields = ruled(rule)
             if rule and "choices" not in fields:  # a range stays in --help; argparse shows choices
                 help = f"{help} [{rule}]"
-            settings[name] = Setting(namespace[name], help, problem=problem, **fields)
+            settings[name] = Setting(value, help, problem=problem, **fields)
     return settings
 
 

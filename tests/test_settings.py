@@ -21,7 +21,7 @@ from plumbing.command_line import (
 )
 from plumbing.device import pick_device
 from plumbing.errors import DeblurError
-from plumbing.settings import defaults, number
+from plumbing.settings import declared, defaults, number
 
 # The original project's settings and their values: the defaults stay these
 ORIGINALS = {"image_path": "data/sample.jpg", "image_size": 512, "num_epochs": 20000, "lr": 0.0001}
@@ -217,3 +217,15 @@ def test_an_angle_for_a_blur_that_has_none_is_said(capsys):
     )
     parse(["--blur_angle", "20", "--blur_kind", "motion"])
     assert "--blur_angle" not in capsys.readouterr().out
+
+
+def test_a_settings_line_edited_out_of_shape_is_still_a_setting(tmp_path):
+    script = tmp_path / "script.py"
+    block = ["# -- The problem", "size = 8  # its size [1 to 9]", "# -- How", "lr=0.5"]
+    script.write_text("\n".join(["# ---- Settings", *block, "rate = 2 # a step's", "# ----", ""]))
+    namespace = {"size": 8, "lr": 0.5, "rate": 2, "NAMED": 1, "_hidden": 2, "function": print}
+    settings = declared(namespace, script)
+    assert list(settings) == ["size", "lr", "rate"]  # the block's values, its comments or not
+    assert settings["size"].problem and (settings["size"].low, settings["size"].high) == (1, 9)
+    assert settings["lr"].help == "" and not settings["lr"].problem
+    assert settings["rate"].help == "a step's" and settings["rate"].fault(-1) is None
