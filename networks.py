@@ -185,7 +185,7 @@ NETWORKS = {network.name: network for network in (DeblurNet, UNet, ResNet)}
 
 
 class PatchDiscriminator(nn.Module):
-    """The adversarial term's judge: pix2pix's PatchGAN (Isola et al. 2017), smaller. It scores
+    """The adversarial term: pix2pix's PatchGAN (Isola et al. 2017), smaller. It scores
     each patch of an image (high: a sharp photo's), not the whole image, so that it judges texture
     and edges, which is what blur takes away. Four 4x4 convolutions, 3-32 (stride 2), 32-64
     (stride 2), 64-128, 128-1, LeakyReLU(0.2) between; through them an output score sees a 34x34

@@ -169,7 +169,7 @@ def report_outcome(outcome, progress, settings):
     if outcome == "diverged":
         kept = "the last good checkpoint was kept" if progress.keeper.owns else "none was saved"
         cause = f"lr {cfg.lr} is probably too high: try --lr {cfg.lr / 10:g}"
-        if cfg.adversarial_weight:  # the critic's push can throw the network off as well
+        if cfg.adversarial_weight:  # the discriminator's push can throw the network off too
             weight = cfg.adversarial_weight
             cause = f"try --adversarial_weight {weight / 10:g}, or --lr {cfg.lr / 10:g}"
         print(

@@ -53,8 +53,8 @@ def test_each_step_trains_the_discriminator_first_then_the_network_each_clipped(
 
     def recording_clip(parameters, max_norm, **kwargs):
         parameters = list(parameters)
-        judge = parameters[0].shape[-1] == 4  # the discriminator's convolutions are 4x4
-        clipped.append(("discriminator" if judge else "network", max_norm))
+        theirs = parameters[0].shape[-1] == 4  # the discriminator's convolutions are 4x4
+        clipped.append(("discriminator" if theirs else "network", max_norm))
         return real_clip(parameters, max_norm, **kwargs)
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)

@@ -19,10 +19,10 @@ def test_auto_picks_float16_with_enabled_grad_scalers_on_cuda(tmp_path):
     cfg, _ = parse_settings(Deblur.SETTINGS, argv)
     facts = Deblur.facts_of(cfg)
     net = Deblur.make_network(cfg.model, cfg.restore_from, cfg.seed, facts.device)
-    vgg, optimizer, scaler, critic = Deblur.make_training(cfg, net, None, facts)
+    vgg, optimizer, scaler, discriminator = Deblur.make_training(cfg, net, None, facts)
     assert facts.amp == torch.float16
     assert scaler.is_enabled()
-    assert critic.scaler.is_enabled() and critic.scaler is not scaler
+    assert discriminator.scaler.is_enabled() and discriminator.scaler is not scaler
     assert torch.backends.cuda.matmul.allow_tf32  # set_float32_matmul_precision("high")
 
 

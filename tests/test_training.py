@@ -229,7 +229,7 @@ def test_divergence_stops_training_and_keeps_the_last_good_weights(photo_path, t
     assert "the last good checkpoint was kept" in err
 
 
-def test_a_divergence_before_any_checkpoint_says_none_was_saved_and_names_the_critic(
+def test_a_divergence_before_any_checkpoint_says_none_was_saved_and_names_the_adversarial_term(
     photo_path, tmp_path, capsys
 ):
     args = ("--lr", "1e36", "--log_every", "1", "--num_epochs", "50", "--adversarial_weight", "1")
