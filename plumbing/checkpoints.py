@@ -100,7 +100,8 @@ def read_checkpoint(cfg, settings):
             f"no checkpoint at {path}; train one (a run without --resume), or pass --resume PATH"
         )
     not_ours = DeblurError(
-        f"{path} is not a Deblur checkpoint, or is damaged; nothing in it was run"
+        f"{path} is not a Deblur checkpoint, or is damaged, or was written before 2026-12-04 "
+        f"(whose format this Deblur does not read: train afresh); nothing in it was run"
     )
     try:
         with warnings.catch_warnings():  # torch's on a plain pickle, before our one line
