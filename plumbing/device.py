@@ -14,6 +14,13 @@ def fast_float32():
     torch.set_float32_matmul_precision("high")
 
 
+def autotuned_convolutions():
+    """cuDNN's autotuner: at each shape it first meets, it times its convolution algorithms and
+    keeps the fastest. A training step's shapes never change, so that is paid once; not for
+    --apply, whose tiles at a photo's edges each have a shape of their own."""
+    torch.backends.cudnn.benchmark = True
+
+
 def pick_device(name, team=None):
     """The --device setting's torch.device; under torchrun (`team`), this process's own GPU."""
     available = {

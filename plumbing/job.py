@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import torch
 
 from plumbing.command_line import parse_settings, resume_command
-from plumbing.device import fast_float32
+from plumbing.device import autotuned_convolutions, fast_float32
 from plumbing.errors import DeblurError, Stopped, first_line
 from plumbing.files import CHECKPOINT, OUTPUTS
 from plumbing.processes import finish_together, leave, under_torchrun
@@ -130,6 +130,7 @@ def run_job(train, apply, settings, argv):
             cfg, given = parse_settings(settings, argv)
             if cfg.apply:
                 return apply(cfg, given, stop)
+            autotuned_convolutions()  # on CUDA: a training step's shapes are fixed
             exit_code = train(cfg, stop)
             finish_together()  # torchrun's processes, when the first has written its results
             return exit_code

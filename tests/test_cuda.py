@@ -23,7 +23,6 @@ def test_auto_picks_float16_with_enabled_grad_scalers_on_cuda(tmp_path):
     assert facts.amp == torch.float16
     assert scaler.is_enabled()
     assert discriminator.scaler.is_enabled() and discriminator.scaler is not scaler
-    assert torch.backends.cuda.matmul.allow_tf32  # set_float32_matmul_precision("high")
 
 
 def test_the_float16_step_clips_the_unscaled_gradients(photo_path, tmp_path, first_clip_norms):

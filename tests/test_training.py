@@ -10,7 +10,15 @@ import matplotlib.pyplot
 import numpy as np
 import pytest
 import torch
-from conftest import HALF_PRECISION_SIZE, ROOT, checkpoint_of, history, image_pair, run_deblur
+from conftest import (
+    HALF_PRECISION_SIZE,
+    ROOT,
+    apply_deblur,
+    checkpoint_of,
+    history,
+    image_pair,
+    run_deblur,
+)
 from PIL import Image
 from torchvision.models import VGG19_Weights
 
@@ -369,3 +377,17 @@ def test_on_apples_mps_neither_adam_nor_clipping_asks_for_multi_tensor_kernels(
         )
     )
     Deblur.training_step(cfg, net, None, adam, scaler, batch, facts)
+
+
+def test_a_training_job_sets_tf32_matmuls_and_the_convolution_autotuner_and_apply_no_autotuner(
+    photo_path, tmp_path, monkeypatch
+):
+    """Process-wide, set by the job (they only act on CUDA): a training step's shapes are fixed,
+    so cuDNN may time its algorithms once; --apply's edge tiles each have a shape of their own."""
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    torch.set_float32_matmul_precision("highest")  # the default; the job sets "high" again
+    assert run_deblur(photo_path, tmp_path, "--num_epochs", "1") == 0
+    assert torch.backends.cudnn.benchmark and torch.get_float32_matmul_precision() == "high"
+    torch.backends.cudnn.benchmark = False
+    assert apply_deblur(photo_path, tmp_path / "applied", tmp_path / "checkpoint.pt") == 0
+    assert not torch.backends.cudnn.benchmark
