@@ -89,6 +89,8 @@ def ruled(rule):
         return {}
     if TABLE.match(rule):  # a table's keys, as module.NAME names it (imported by then)
         module, name = rule.rsplit(".", 1)
+        if module not in sys.modules or not hasattr(sys.modules[module], name):
+            raise ValueError(f"a settings line names [{rule}]: Deblur.py imports no such table")
         return {"choices": tuple(getattr(sys.modules[module], name))}
     if match := RANGE.match(rule):
         return {"low": float(match[1]), "high": float(match[2])}
