@@ -25,13 +25,12 @@ from deconvolution import (
 )
 from plumbing.files import save_figure, save_image
 from plumbing.images import tensor_to_image, thumbnail, to_hwc
+from plumbing.progress import RUN_COLUMNS
 
 CAPTION = 36  # pixels above each frame of progress.png for its epoch and PSNR
 FONT = ImageFont.load_default(size=13)
 # Each image's row label, by the setting it came from.
 LABELS = {"image_path": "", "sample": "Unseen: ", "holdout_path": "Held out: "}
-# history.csv's columns that are not loss terms (Progress.log)
-NOT_LOSSES = {"epoch", "psnr", "seconds"}
 # Wang et al.'s SSIM: a Gaussian window of sigma 1.5, the mean over the channels
 GAUSSIAN_SSIM = {"gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False}
 
@@ -233,7 +232,7 @@ def save_training_curves(history, path, baselines):
     epochs = np.array([row["epoch"] for row in history])
     figure, (loss_ax, psnr_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
     figure.subplots_adjust(left=0.09, right=0.98, bottom=0.12, top=0.92, wspace=0.22)
-    for name in [name for name in series if name not in NOT_LOSSES]:
+    for name in [name for name in series if name not in RUN_COLUMNS]:
         if (series[name] > 0).any():  # an unused term (all 0) has no place on a log scale
             loss_ax.plot(epochs, series[name], ".-", label=name)
     psnr_ax.plot(epochs, series.get("psnr", []), ".-", label="reconstruction")

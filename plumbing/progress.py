@@ -17,6 +17,11 @@ from plumbing.errors import DeblurError, note, warn
 from plumbing.files import save_text
 from plumbing.processes import Team, anyone, averaged, itself
 
+# history.csv's columns of the run itself; the loss terms follow, by their names
+RUN_COLUMNS = ("epoch", "psnr", "seconds")
+# How the log line names a loss term, where not by its name in title case (the original's words)
+TERMS_SAID = {"total": "Total Loss", "mse": "MSE"}
+
 
 class Duties(NamedTuple):
     """What an epoch that is not like the others has to do."""
@@ -104,7 +109,9 @@ class Progress:
         """`terms`: the step's loss terms by name, on the device. Returns 'running', 'done',
         'stopped' or 'diverged' (a loss or a weight not finite: nothing is logged or saved)."""
         net = itself(net)  # under torchrun, the network inside DistributedDataParallel
-        values = averaged(self.team, [term.item() for term in terms.values()])  # every process's
+        # One read of them all (the host waits once), averaged over every process's crops
+        read = torch.stack([term.detach().float() for term in terms.values()]).tolist()
+        values = averaged(self.team, read)
         weights = net.state_dict().values()
         finite = torch.stack([weight.isfinite().all() for weight in weights]).all()
         if not all(map(math.isfinite, values)) or not finite:
@@ -138,7 +145,8 @@ class Progress:
         psnr = self.psnr_of_mse(terms["mse"])
         remaining = (self.cfg.num_epochs - self.epoch) / rate
         # The loss terms last: a term a resumed run adds is a column after them all
-        self.history.append({"epoch": self.epoch, "psnr": psnr, "seconds": self.elapsed, **terms})
+        run = dict(zip(RUN_COLUMNS, (self.epoch, psnr, self.elapsed), strict=True))
+        self.history.append({**run, **terms})
         said = ", ".join(
             f"{TERMS_SAID.get(name, name.title())}: {value:.6f}" for name, value in terms.items()
         )
@@ -151,10 +159,6 @@ class Progress:
                 "A long run: Ctrl-C stops it cleanly, --resume continues. "
                 f"A quick look: python Deblur.py {quick_look(self.cfg)}"
             )
-
-
-# How the log line names a loss term, where not by its name in title case (the original's words)
-TERMS_SAID = {"total": "Total Loss", "mse": "MSE"}
 
 
 def try_to_write(due, write, *args):

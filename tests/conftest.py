@@ -38,13 +38,14 @@ SCRIPT = [sys.executable, "-u", str(ROOT / "Deblur.py")]
 SETTINGS_TABLE = ROOT / "docs" / "settings.md"  # each setting, its default and what it does
 
 
-def documented_defaults():
-    """docs/settings.md's table: each setting's default as shipped, the record the tests keep."""
-    table = re.findall(r"^\| `(\w+)` \| `([^`]*)` \|", SETTINGS_TABLE.read_text(), re.MULTILINE)
-    return {name: ast.literal_eval(value) for name, value in table}
+def settings_table():
+    """docs/settings.md's table: {setting: (its default as written, what it does)}."""
+    rows = re.findall(r"^\| `(\w+)` \| `([^`]*)` \| (.*) \|$", SETTINGS_TABLE.read_text(), re.M)
+    return {name: (default, does) for name, default, does in rows}
 
 
-SHIPPED = documented_defaults()
+# Each setting's default as shipped, as the table records it: the record the tests keep
+SHIPPED = {name: ast.literal_eval(default) for name, (default, _) in settings_table().items()}
 # Every setting a test run uses, given explicitly: a user who edits a settings line in Deblur.py
 # changes what `python Deblur.py` does, never what these tests check. The shipped defaults, but
 # a run of seconds: 32 px, 4 epochs, MSE only, on the CPU, no held-out image

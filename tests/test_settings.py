@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import ROOT, SETTINGS_TABLE, SHIPPED, TINY
+from conftest import ROOT, SHIPPED, TINY, settings_table
 
 import Deblur
 from plumbing.command_line import (
@@ -58,7 +58,7 @@ def test_the_settings_block_is_as_documented_and_keeps_the_originals_defaults():
 
 
 def test_the_settings_table_gives_each_settings_range_and_choices_as_its_line_declares_them():
-    rows = dict(re.findall(r"^\| `(\w+)` \| `[^`]*` \| (.*) \|$", SETTINGS_TABLE.read_text(), re.M))
+    rows = {name: does for name, (_, does) in settings_table().items()}
     for name, setting in Deblur.SETTINGS.items():
         told = [*(setting.choices or ())]
         if setting.high < math.inf:
@@ -172,8 +172,7 @@ def test_a_malformed_device_is_a_settings_error(device):
 
 
 def test_the_settings_table_names_every_setting_and_the_readme_no_line_numbers():
-    table = re.findall(r"^\| `(\w+)` \| `[^`]*` \|", SETTINGS_TABLE.read_text(), re.MULTILINE)
-    assert sorted(table) == sorted(Deblur.SETTINGS)
+    assert sorted(settings_table()) == sorted(Deblur.SETTINGS)
     readme = (ROOT / "README.md").read_text()
     assert not re.search(r"[Ll]ines? \d+", readme)  # a line number goes stale
 
