@@ -15,8 +15,8 @@ from PIL import ImageFilter
 from torch import nn
 from torch.nn import functional as F
 
-from blurs import Pair, blur, blur_kernel, described, drawn, kernel_width, photographed
-from deconvolution import estimated_noise, wiener, wiener_balance, wiener_margin
+from blurs import NO_BLUR, Pair, blur, blur_kernel, described, drawn, kernel_width, photographed
+from deconvolution import data_step, estimated_noise, prior_levels, wiener_by_rule, wiener_margin
 from kernel_estimation import estimate_kernel
 from networks import NETWORKS, PatchDiscriminator
 from PerceptualLoss import load_vgg19_loss
@@ -36,6 +36,7 @@ from plumbing.device import (
     compiled_on_first_batch,
     eager,
     mixed_precision,
+    on_device,
     pick_device,
 )
 from plumbing.files import photo_output, run_output_dir, save_image, space_needed
@@ -49,7 +50,7 @@ from plumbing.images import (
 )
 from plumbing.job import report_outcome, run_job
 from plumbing.kernel_file import blind_kernel, read_kernel
-from plumbing.photo_folder import training_photos
+from plumbing.photo_folder import random_views, training_photos
 from plumbing.processes import Team, itself, join, this_process, together
 from plumbing.progress import Progress, print_plan
 from plumbing.settings import declared
@@ -91,6 +92,7 @@ resume = ""  # '' starts afresh; auto (or a bare --resume): output_dir/checkpoin
 apply = ""  # a photo to deblur with the network in --resume's checkpoint, instead of training
 kernel = ""  # --apply: the photo's measured blur kernel, a grayscale image or a .npy array
 kernel_size = 31  # --apply without a kernel: the widest blur it estimates, in pixels [5 to 101]
+prior_rounds = 3  # --apply, any-blur networks: rounds of the kernel's data step [0 to 20]
 # ----
 SETTINGS = declared(globals(), __file__)
 
@@ -123,7 +125,7 @@ def network_input(blurred, kernels, noise, cfg, pad=None):
     """What the network restores: the blurred image, as in the original; or Wiener's deconvolution
     with its kernel (one each), whose ringing and noise it mends, told the noise and the spread."""
     if cfg.restore_from == "wiener":
-        restored = wiener(blurred, kernels, wiener_balance(kernels, noise), pad)
+        restored = wiener_by_rule(blurred, kernels, noise, pad)
         return described(restored, kernels, noise)
     return blurred
 
@@ -213,22 +215,8 @@ def folder_batches(images, cfg, facts, generator, vgg):
     around = facts.around_crop
     size = cfg.crop_size + 2 * around
     while True:
-        crops = []
-        for index in torch.randint(len(images), (cfg.batch_size,), generator=generator):
-            top = torch.randint(images[index].shape[1] - size + 1, (), generator=generator)
-            left = torch.randint(images[index].shape[2] - size + 1, (), generator=generator)
-            crop = images[index][:, top : top + size, left : left + size]
-            crop = torch.rot90(crop, int(torch.randint(4, (), generator=generator)), dims=(1, 2))
-            if torch.rand((), generator=generator) < 0.5:
-                crop = crop.flip(2)
-            crops.append(crop)
-        crops = torch.stack(crops)
-        # Pinned, the copy to a GPU does not make the host wait (unpinned, it must: MPS copies
-        # them wrong); and only 8-bit crops cross over, to be blurred on the device
-        pinned = facts.device.type == "cuda"
-        crops = crops.pin_memory() if pinned else crops
-        crops = crops.to(facts.device, non_blocking=pinned, memory_format=torch.channels_last)
-        sharp = crops / 255
+        # Only 8-bit crops cross over to the device (photo_folder.py, device.py): blurred there
+        sharp = on_device(random_views(images, cfg.batch_size, size, generator), facts.device) / 255
         kernels, noise = drawn(cfg, cfg.batch_size, generator)
         blurred = photographed(blur(sharp, kernels, pad=False), noise, generator)
         inputs = network_input(blurred, kernels, noise, cfg, pad=facts.width)
@@ -335,6 +323,20 @@ def train(cfg, net, vgg, optimizer, scaler, batches, progress, facts, discrimina
 
 
 # ---- Results: the network against the blurred input and the classical deconvolutions
+def plug_and_play(restore, blurred, kernel, noise, trained, rounds):
+    """`restore` (the network, whole or in tiles) on its input; then, for an any-blur network and a
+    blur, `rounds` of DPIR's plug and play: the kernel's data step, then the network told no blur,
+    at a noise level falling to the photo's (docs/experiments.md, Plug and play)."""
+    restored = restore(network_input(blurred, kernel, noise, trained))
+    any_blur = trained.blur_kind == "random" and trained.restore_from == "wiener"
+    if not any_blur or (kernel > 0).sum() == 1:  # a point: no blur for the data step to undo
+        return restored
+    for level, weight in prior_levels(noise, trained.noise_level, rounds):
+        sharper = data_step(blurred, kernel, restored, weight)
+        restored = restore(network_input(sharper, NO_BLUR, level, trained))
+    return restored
+
+
 def evaluate(net, setting, pair, cfg):
     """The Row of the test image of `setting`: the network beside the baselines (results.py)."""
     with torch.no_grad():
@@ -344,8 +346,7 @@ def evaluate(net, setting, pair, cfg):
 
 # ---- The job
 UNSEEN_SAMPLE = "data/sample.jpg"  # a folder's network is tested on it, and on holdout_path
-# Test images' blurs and noise come from a generator seeded past every seed a run can have
-TEST_DRAWS = 2**32 + 2026
+TEST_DRAWS = 2**32 + 2026  # seeds the test images' blurs and noise: past every run's seed
 
 
 def load_test_pairs(cfg, test_paths, facts):
@@ -430,12 +431,11 @@ def apply_to_photo(cfg, given, stop):
     with photo_output(cfg, photo_path, blurred.shape[-2:]) as target:  # never a user's file
         if undone == "estimated":  # from the photo itself, saved beside the result
             kernel = blind_kernel(estimate_kernel, blurred, noise, cfg, stop, photo_path)
-        # Wiener on the whole photo at once, kept in half precision (within 1/16 of an 8-bit
-        # step); then the network, a tile at a time (tiles.py): memory for a few copies of it
-        described_photo = network_input(blurred, kernel, noise, trained).half()
-        del blurred
-        with torch.no_grad(), mixed_precision(facts):
-            restored = restored_in_tiles(net, described_photo, stop, photo_path)
+
+        # Wiener on the whole photo, the network in tiles (tiles.py): a few copies' memory
+        tiled = partial(restored_in_tiles, net, stop=stop, photo_path=photo_path, facts=facts)
+        with torch.no_grad():  # the network under autocast, Wiener and the data step in float32
+            restored = plug_and_play(tiled, blurred, kernel, noise, trained, cfg.prior_rounds)
         save_image(as_image(restored), target, "PNG", compress_level=1)
     return 0
 

@@ -61,9 +61,15 @@ def estimate_kernel(photo, width, noise, between_rounds=None, say=print):
                 kernel = cleaned(fitted)
             weight = max(weight / 1.1, 1e-4)
         kernel = centred_on_centroid(kernel)
+    return without_haze(kernel), None
+
+
+def without_haze(kernel):
+    """The kernel as a NumPy array, summing to 1, without the faint haze (under a twentieth of its
+    peak) that least squares leaves around it."""
     kernel = kernel.double().cpu().numpy()
-    kernel[kernel < kernel.max() / 20] = 0  # the faint haze least squares leaves around it
-    return kernel / kernel.sum(), None
+    kernel[kernel < kernel.max() / 20] = 0
+    return kernel / kernel.sum()
 
 
 def reason_to_doubt(grey, noise):

@@ -18,9 +18,8 @@ from deconvolution import (
     rl_iterations,
     sparse_deconvolution,
     sparse_fidelity,
-    wiener,
     wiener_at,
-    wiener_balance,
+    wiener_by_rule,
     wiener_spectra,
 )
 from plumbing.files import save_figure, save_image
@@ -134,7 +133,7 @@ def deconvolutions(blurred, kernel, noise, sharp, border):
     kernel and noise that a network is set beside, here and in the benchmarks (the oracle is
     told the sharp image and the border the metrics leave out)."""
     return {
-        "Wiener": lambda: wiener(blurred, kernel, wiener_balance(kernel, noise)),
+        "Wiener": lambda: wiener_by_rule(blurred, kernel, noise),
         "Wiener oracle": lambda: best_wiener(blurred, kernel, sharp, border),
         "Richardson–Lucy": lambda: richardson_lucy(blurred, kernel, rl_iterations(noise)),
         "Sparse prior": lambda: sparse_deconvolution(blurred, kernel, sparse_fidelity(noise)),

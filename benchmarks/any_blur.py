@@ -11,7 +11,8 @@ given the true kernel and noise level, except a blind checkpoint (no kernel) and
 fixed blur, which undoes that blur whatever the photo's, as --apply does; PSNR leaves out
 the kernel's half-width (15 pixels), as Deblur's summary does. Wiener's balance follows the rule
 in deconvolution.py; "Wiener oracle" is Wiener at the best balance for each image, found with the
-sharp one.
+sharp one. An any-blur network is measured as a training's summary measures it (its one pass) and
+as --apply runs it, with Deblur.py's prior_rounds of plug and play ("..., plug and play").
 Prints one row per blur and photo, then the mean gain of each method over the blurred input.
 """
 
@@ -86,6 +87,11 @@ def scores(photos, checkpoints, noise, shakes):
                 for label, (net, trained) in networks.items():
                     undone = kernel if trained.blur_kind == "random" else trained_kernel(trained)
                     images[label] = net(Deblur.network_input(blurred, undone, noise, trained))
+                    if trained.blur_kind == "random" and trained.restore_from == "wiener":
+                        rounds = Deblur.prior_rounds  # as --apply
+                        images[f"{label}, plug and play"] = Deblur.plug_and_play(
+                            net, blurred, undone, noise, trained, rounds
+                        )
             before = image_quality(blurred, sharp, border)[0]
             gains = {
                 m: image_quality(image, sharp, border)[0] - before for m, image in images.items()

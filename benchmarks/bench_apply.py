@@ -3,11 +3,14 @@ Deblur: this one, or another checkout's Deblur.py, so that two versions run side
 
     python benchmarks/bench_apply.py                            # this checkout
     python benchmarks/bench_apply.py --deblur ../old/Deblur.py  # another version, same photo
+    python benchmarks/bench_apply.py --shipped                  # model/'s, a kernel: its rounds
 
 Each version trains its own U-Net after Wiener checkpoint (one epoch on 32 px: the weights do
-not change the time), then deblurs a 4000x3000 PNG, data/train/astronaut.jpg enlarged and
-softened, in a fresh process; the median wall time of --repeats runs, the largest peak resident
-memory of one, and the peak of a process that only imports that Deblur (torch's share of it).
+not change the time), or with --shipped uses the model in model/ told a measured kernel (a camera
+shake 21 px wide, so that its prior_rounds of plug and play run), then deblurs a 4000x3000 PNG,
+data/train/astronaut.jpg enlarged and softened, in a fresh process; the median wall time of
+--repeats runs, the largest peak resident memory of one, and the peak of a process that only
+imports that Deblur (torch's share of it).
 """
 
 import argparse
@@ -19,9 +22,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
 from PIL import Image, ImageFilter
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from blurs import camera_shake  # noqa: E402
+
 TRAIN = "--model unet --restore_from wiener --image_size 32 --num_epochs 1 --perceptual_weight 0"
 
 
@@ -48,6 +57,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--deblur", default=str(ROOT / "Deblur.py"), help="the Deblur.py to run")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--shipped", action="store_true", help="model/'s network, with a kernel")
     args = parser.parse_args()
     deblur = Path(args.deblur).resolve()
     with tempfile.TemporaryDirectory() as folder:
@@ -55,11 +65,16 @@ def main():
         twelve_megapixels(work / "photo.png")
         python = [sys.executable]
         _, imported = timed([*python, "-c", "import Deblur"], deblur.parent)
-        image = str(deblur.parent / "data" / "sample.jpg")
-        training = [*python, str(deblur), "--image_path", image, *TRAIN.split()]
-        subprocess.run([*training, "--output_dir", str(work / "run")], check=True, stdout=-3)
         apply = [*python, str(deblur), "--apply", str(work / "photo.png")]
-        apply += ["--resume", str(work / "run" / "checkpoint.pt")]
+        if args.shipped:
+            shake = camera_shake(10, 10, torch.Generator().manual_seed(0))
+            np.save(work / "shake.npy", shake)
+            apply += ["--kernel", str(work / "shake.npy"), "--noise_level", "2"]
+        else:
+            image = str(deblur.parent / "data" / "sample.jpg")
+            training = [*python, str(deblur), "--image_path", image, *TRAIN.split()]
+            subprocess.run([*training, "--output_dir", str(work / "run")], check=True, stdout=-3)
+            apply += ["--resume", str(work / "run" / "checkpoint.pt")]
         walls, peaks = [], []
         for repeat in range(args.repeats):
             wall, peak = timed([*apply, "--output_dir", str(work / f"out{repeat}")], work)

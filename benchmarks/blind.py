@@ -35,8 +35,17 @@ from any_blur import load_network  # noqa: E402
 
 import Deblur  # noqa: E402
 from blurs import blur, camera_shake, photographed  # noqa: E402
-from deconvolution import estimated_noise, wiener, wiener_balance  # noqa: E402
-from kernel_estimation import estimate_kernel  # noqa: E402
+from deconvolution import estimated_noise, wiener_by_rule, wrapped_smoothly  # noqa: E402
+from kernel_estimation import (  # noqa: E402
+    centred_on_centroid,
+    cleaned,
+    estimate_kernel,
+    gradients,
+    grey_region,
+    kernel_fitting,
+    trusted_edges,
+    without_haze,
+)
 from plumbing.checkpoints import SHIPPED_MODEL  # noqa: E402
 from plumbing.images import image_to_tensor  # noqa: E402
 
@@ -48,9 +57,11 @@ WIDTH = 31  # the kernels' square, and the width estimated
 LONGEST = 400  # photos are scaled to at most this many pixels a side
 
 
-def restored(net, trained, blurred, kernel, noise):
+def restored(net, trained, blurred, kernel, noise, rounds=Deblur.prior_rounds):
+    """The network's restoration as --apply makes it: with its rounds of plug and play."""
     with torch.no_grad():
-        return net(Deblur.network_input(blurred, kernel, noise, trained)).float().clamp(0, 1)
+        restoration = Deblur.plug_and_play(net, blurred, kernel, noise, trained, rounds)
+    return restoration.float().clamp(0, 1)
 
 
 def psnr_aligned(image, sharp, border=18, most=3):
@@ -89,6 +100,19 @@ def moved(image, rows, columns, border):
     return (1 - down) * above + down * below
 
 
+def kernel_fitted_to_sharp(sharp, blurred):
+    """The kernel estimate_kernel's kernel step finds with the sharp photo itself as its latent
+    image (every edge inside the trusted border): what the estimate would reach if its latent
+    images were perfect. It tells what the search loses from what the photo's noise allows."""
+    padded = [
+        wrapped_smoothly(grey_region(image)[None, None], WIDTH)[0, 0] for image in (sharp, blurred)
+    ]
+    edges = gradients(padded[0]) * trusted_edges(padded[1], WIDTH)
+    return without_haze(
+        centred_on_centroid(cleaned(kernel_fitting(edges, gradients(padded[1]), WIDTH)))
+    )
+
+
 def kernel_error(estimated, truth):
     """|estimated - true| / |true| at their best shift (both on a WIDTH square)."""
     estimated, truth = torch.as_tensor(estimated), torch.as_tensor(truth)
@@ -105,14 +129,15 @@ def photo(name):
     return image_to_tensor(image.resize(size, Image.LANCZOS), "cpu")
 
 
-def cases():
-    """(photo's name, reach, noise, sharp, true kernel, blurred) of every photo and shake."""
+def cases(most_noise=3.0):
+    """(photo's name, reach, noise, sharp, true kernel, blurred) of every photo and shake, the
+    noise drawn from 1 to `most_noise` 8-bit steps (the same shakes whatever it is)."""
     generator = torch.Generator().manual_seed(SHAKES)
     for name in PHOTOS:
         sharp = photo(name)
         for reach in REACHES:
             truth = camera_shake(reach, WIDTH // 2, generator)
-            noise = 1 + 2 * float(torch.rand((), generator=generator))
+            noise = 1 + (most_noise - 1) * float(torch.rand((), generator=generator))
             yield (
                 name,
                 reach,
@@ -134,6 +159,7 @@ def main():
     rows = []
     print(
         "photo            reach  noise  blurred  true k  estimated  Wiener est  blind  k error  s"
+        "  fitted to sharp"
     )
     for name, reach, noise, sharp, truth, blurred in cases():
         began = time.perf_counter()
@@ -145,25 +171,34 @@ def main():
         gains = [
             psnr_aligned(restored(net, trained, blurred, truth, noise), sharp) - base,
             psnr_aligned(restored(net, trained, blurred, kernel, told), sharp) - base,
-            psnr_aligned(wiener(blurred, kernel, wiener_balance(kernel, told)), sharp) - base,
+            psnr_aligned(wiener_by_rule(blurred, kernel, told), sharp) - base,
             psnr_aligned(restored(*blind, blurred, None, 0), sharp) - base if blind else 0,
         ]
+        ceiling = kernel_fitted_to_sharp(sharp, blurred)
+        ceiling_gain = psnr_aligned(restored(net, trained, blurred, ceiling, told), sharp) - base
         error = 1.0 if doubt else kernel_error(kernel, truth)
-        rows.append((name, reach, noise, base, *gains, error, seconds))
+        rows.append((name, reach, noise, base, *gains, error, seconds, ceiling_gain))
         print(
             f"{name:16s} {reach:5d} {noise:6.2f} {base:8.2f} {gains[0]:+7.2f} "
             f"{gains[1]:+10.2f} {gains[2]:+11.2f} {gains[3]:+6.2f} {error:8.2f} {seconds:4.1f}"
+            f" {ceiling_gain:+16.2f}"
             + ("  (no blur undone: the estimate doubted)" if doubt else ""),
             flush=True,
         )
     for name in PHOTOS:
         mine = [row for row in rows if row[0] == name]
-        kept = statistics.mean(row[5] for row in mine) / statistics.mean(row[4] for row in mine)
-        print(f"{name}: the estimated kernel keeps {kept:.0%} of the true kernel's gain")
-    means = [statistics.mean(row[column] for row in rows) for column in range(3, 10)]
+        kept, ceiling = (
+            statistics.mean(row[column] for row in mine) / statistics.mean(row[4] for row in mine)
+            for column in (5, 10)
+        )
+        print(
+            f"{name}: the estimated kernel keeps {kept:.0%} of the true kernel's gain "
+            f"(the kernel fitted to the sharp photo {ceiling:.0%})"
+        )
+    means = [statistics.mean(row[column] for row in rows) for column in range(3, 11)]
     print(
         f"{'mean':16s} {'':5s} {'':6s} {means[0]:8.2f} {means[1]:+7.2f} {means[2]:+10.2f} "
-        f"{means[3]:+11.2f} {means[4]:+6.2f} {means[5]:8.2f} {means[6]:4.1f}"
+        f"{means[3]:+11.2f} {means[4]:+6.2f} {means[5]:8.2f} {means[6]:4.1f} {means[7]:+16.2f}"
     )
     below = sum(row[5] < 0 for row in rows)
     print(

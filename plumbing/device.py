@@ -21,6 +21,14 @@ def autotuned_convolutions():
     torch.backends.cudnn.benchmark = True
 
 
+def on_device(batch, torch_device):
+    """A batch made on the host, on `torch_device` in channels_last. Pinned first for a GPU, its
+    copy does not make the host wait (unpinned, it must; and MPS copies it wrong)."""
+    pinned = torch_device.type == "cuda"
+    batch = batch.pin_memory() if pinned else batch
+    return batch.to(torch_device, non_blocking=pinned, memory_format=torch.channels_last)
+
+
 def pick_device(name, team=None):
     """The --device setting's torch.device; under torchrun (`team`), this process's own GPU."""
     available = {

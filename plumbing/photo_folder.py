@@ -42,6 +42,22 @@ def training_photos(cfg, margin, tests, team):
         return read_image_folder(training, cfg.crop_size, margin, tests)
 
 
+def random_views(images, count, size, generator):
+    """`count` random size x size crops of (3, H, W) images, as one (count, 3, size, size) batch,
+    each turned by a multiple of 90 degrees and maybe mirrored (8 views of each), drawn by
+    `generator` (the same state, the same crops)."""
+    crops = []
+    for index in torch.randint(len(images), (count,), generator=generator):
+        top = torch.randint(images[index].shape[1] - size + 1, (), generator=generator)
+        left = torch.randint(images[index].shape[2] - size + 1, (), generator=generator)
+        crop = images[index][:, top : top + size, left : left + size]
+        crop = torch.rot90(crop, int(torch.randint(4, (), generator=generator)), dims=(1, 2))
+        if torch.rand((), generator=generator) < 0.5:
+            crop = crop.flip(2)
+        crops.append(crop)
+    return torch.stack(crops)
+
+
 def cache_folder():
     """Where decoded photos are kept: the system's cache folder for Deblur (platformdirs: on Linux
     $XDG_CACHE_HOME/deblur, else ~/.cache/deblur; ~/Library/Caches/deblur on a Mac;

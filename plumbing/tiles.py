@@ -6,6 +6,7 @@ from time import perf_counter
 
 import torch
 
+from plumbing.device import mixed_precision
 from plumbing.images import as_8_bits
 from plumbing.job import stop_point
 from plumbing.progress import hms
@@ -37,24 +38,25 @@ def in_tiles(image, margin, stop, photo_path, core=512):
             reported = now
 
 
-def restored_in_tiles(net, described_photo, stop, photo_path):
-    """The network's restoration of a (1, C, H, W) half-precision photo, as 8-bit (1, 3, H, W):
-    its correction in tiles (each with net.REACH pixels more around it, so that a tile's core is
-    what the whole photo at once would give), then its last step on the whole photo, a channel
-    at a time: memory for a few copies of the photo, not for all the network's work. Call it
-    under torch.no_grad() and the run's autocast."""
-    inputs = described_photo[:, :3].clone()
+def restored_in_tiles(net, described_photo, stop, photo_path, facts):
+    """The network's restoration of a (1, C, H, W) photo, kept in half precision (within 1/16 of
+    an 8-bit step), as 8-bit (1, 3, H, W): its correction in tiles (each with net.REACH pixels
+    more around it, so that a tile's core is what the whole photo at once would give), under the
+    run's autocast (facts.amp), then its last step on the whole photo, a channel at a time, in
+    float32: memory for a few copies of the photo, not for all the network's work. Call it under
+    torch.no_grad()."""
+    inputs = described_photo[:, :3].to(torch.float16, copy=True)
     description = described_photo[:, 3:, :1, :1].float()  # the same at every pixel: one each
     del described_photo
     correction = torch.empty_like(inputs)
     for where, tile, inside in in_tiles(inputs, net.REACH, stop, photo_path):
         tile = torch.cat([tile.float(), description.expand(-1, -1, *tile.shape[-2:])], 1)
         tile = tile.contiguous(memory_format=torch.channels_last)  # as the network: 1.4x
-        correction[where] = net.correction(tile)[inside]
+        with mixed_precision(facts):
+            correction[where] = net.correction(tile)[inside]
     restored = torch.empty(inputs.shape, dtype=torch.uint8)
-    with torch.autocast(inputs.device.type, enabled=False):  # its last step in float32
-        for channel in range(3):
-            part = slice(channel, channel + 1)
-            colour = net.restored(inputs[:, part].float(), correction[:, part].float())
-            restored[:, part] = as_8_bits(colour)
+    for channel in range(3):
+        part = slice(channel, channel + 1)
+        colour = net.restored(inputs[:, part].float(), correction[:, part].float())
+        restored[:, part] = as_8_bits(colour)
     return restored

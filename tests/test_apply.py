@@ -13,11 +13,11 @@ from PIL import Image
 from torch import nn
 
 import Deblur
-from blurs import blur_kernel
+from blurs import NO_BLUR, blur_kernel
 from networks import NETWORKS, DeblurNet
 from plumbing import files
 from plumbing.errors import DeblurError
-from plumbing.images import image_to_tensor, to_hwc
+from plumbing.images import as_8_bits, image_to_tensor, to_hwc
 from plumbing.kernel_file import read_kernel
 
 
@@ -98,17 +98,23 @@ def unet_after_wiener(tmp_path_factory):
     return folder / "checkpoint.pt"
 
 
-def whole_photo_result(checkpoint, photo, kernel, noise):
-    """What the checkpoint's network, after its Wiener step, makes of the whole photo at once."""
+def whole_photo_result(checkpoint, photo, kernel, noise, rounds=None):
+    """What the checkpoint's network, after its Wiener step, makes of the whole photo at once, then
+    in `rounds` of plug and play (by default the settings'), each to 8 bits as --apply's tiles."""
     saved = checkpoint_of(checkpoint)
     net = NETWORKS[saved["settings"]["model"]](inputs=5).eval()  # Wiener's, noise, spread
     net.load_state_dict(saved["model"])
-    trained = SimpleNamespace(restore_from="wiener")
+    trained = SimpleNamespace(**saved["settings"])
     image = image_to_tensor(Image.open(photo), "cpu")
-    with torch.no_grad():
+
+    def at_once(described):
         # In half precision, as --apply keeps it: the random corrections below magnify its steps
-        described = Deblur.network_input(image, kernel, noise, trained).half().float()
-        return to_hwc(net(described)) * 255
+        return as_8_bits(net(described.half().float()))
+
+    rounds = Deblur.SETTINGS["prior_rounds"].default if rounds is None else rounds
+    with torch.no_grad():
+        restored = Deblur.plug_and_play(at_once, image, kernel, noise, trained, rounds)
+    return restored[0].permute(1, 2, 0).numpy().astype(np.float64)  # 8-bit steps
 
 
 # The spread of random last weights that makes either network's correction about 0.6 (of [0, 1]):
@@ -189,6 +195,70 @@ def test_an_any_blur_checkpoint_undoes_a_measured_kernel(any_blur, tmp_path):
     line = np.pad(psf / psf.sum(), ((2, 2), (0, 0)))  # on a 9x9 square, centred
     whole = whole_photo_result(any_blur, photo, line, 2.0)
     assert np.abs(deblurred(tmp_path / "out" / "photo_deblurred.png") - whole).max() <= 1.0
+
+
+def test_plug_and_play_runs_its_rounds_told_no_blur_and_less_noise_for_any_blur_networks_only():
+    told = []  # what the network is told each time: its noise level and the kernel's spread
+
+    def network(described):
+        told.append(described[0, 3:, 0, 0].tolist())
+        return described[:, :3]
+
+    photo = image_to_tensor(make_photo((40, 40)), "cpu")
+    kernel = blur_kernel("motion", 3.0, 0.0)
+    any_blur = SimpleNamespace(blur_kind="random", restore_from="wiener", noise_level=8.0)
+    Deblur.plug_and_play(network, photo, kernel, 2.0, any_blur, 3)
+    noise, spread = zip(*told, strict=True)
+    assert spread[0] > 0 and spread[1:] == (0, 0, 0)  # the kernel, then no blur
+    assert noise == pytest.approx((0.2, 0.8, 0.4, 0.2), abs=0.01)  # 8-bit steps / 10
+    one_blur = SimpleNamespace(blur_kind="motion", restore_from="wiener", noise_level=8.0)
+    told.clear()
+    Deblur.plug_and_play(network, photo, kernel, 2.0, one_blur, 3)
+    assert len(told) == 1  # it knows no other blur, nor none
+    told.clear()  # no blur: nothing for the data step to undo (a sharp photo lost 1.7 dB)
+    Deblur.plug_and_play(network, photo, np.pad(NO_BLUR, 2), 2.0, any_blur, 3)
+    assert len(told) == 1
+
+
+def test_an_any_blur_checkpoints_apply_mends_its_result_in_rounds_unless_told_none(
+    any_blur, tmp_path
+):
+    photo = save_photo(tmp_path, "photo.png", size=(60, 40))
+    named = ("--blur_kind", "motion", "--blur_radius", "3", "--blur_angle", "30")
+    assert (
+        apply(
+            photo, tmp_path / "out", any_blur, *named, "--noise_level", "2", "--prior_rounds", "0"
+        )
+        == 0
+    )
+    kernel = blur_kernel("motion", 3.0, 30.0)
+    single = whole_photo_result(any_blur, photo, kernel, 2.0, rounds=0)
+    assert np.abs(deblurred(tmp_path / "out" / "photo_deblurred.png") - single).max() <= 1.0
+    assert np.abs(whole_photo_result(any_blur, photo, kernel, 2.0, rounds=3) - single).max() > 5
+
+
+def test_apply_runs_the_network_under_autocast_and_wiener_and_the_data_step_outside_it(
+    any_blur, tmp_path, monkeypatch
+):
+    # Under CPU autocast, a large photo's Wiener (kept in float16) fails to concatenate its
+    # description; and its FFTs are float32's to do
+    autocast = {"network": [], "wiener": []}
+
+    def watched(part, real):
+        def call(*args, **kwargs):
+            autocast[part].append(torch.is_autocast_enabled("cpu"))
+            return real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(Deblur, "network_input", watched("wiener", Deblur.network_input))
+    monkeypatch.setattr(Deblur, "data_step", watched("wiener", Deblur.data_step))
+    unet = NETWORKS["unet"]
+    monkeypatch.setattr(unet, "correction", watched("network", unet.correction))
+    photo = save_photo(tmp_path, "photo.png", size=(60, 40))
+    named = ("--blur_kind", "motion", "--blur_radius", "3", "--noise_level", "2")
+    assert apply(photo, tmp_path / "out", any_blur, *named, "--amp_dtype", "bfloat16") == 0
+    assert autocast["network"] == [True] * 4 and autocast["wiener"] == [False] * 7
 
 
 def test_an_any_blur_checkpoint_undoes_a_blur_named_by_its_settings(any_blur, tmp_path):

@@ -6,13 +6,16 @@ import numpy as np
 import pytest
 import skimage
 import torch
-from conftest import ROOT, image_pair, run_deblur, save_photo
+from conftest import ROOT, image_pair, make_photo, run_deblur, save_photo
 from PIL import Image
 from skimage import restoration
 
 import deconvolution
 from blurs import blur, blur_kernel, camera_shake, photographed, random_kernels
 from deconvolution import (
+    PRIOR_WEIGHT,
+    data_step,
+    prior_levels,
     richardson_lucy,
     rl_iterations,
     sparse_deconvolution,
@@ -23,6 +26,7 @@ from deconvolution import (
     wiener_reach,
     wrapped_smoothly,
 )
+from plumbing.images import image_to_tensor
 from results import Result, against_strongest, best_wiener, image_quality
 
 
@@ -121,6 +125,38 @@ def test_the_balance_rises_with_the_noise_and_for_small_kernels():
     assert wiener_balance(narrow, 2.0) > wiener_balance(wide, 2.0)
     both = wiener_balance(np.stack([wide, np.pad(narrow, 12)]), torch.tensor([2.0, 8.0]))
     assert both.shape == (2,) and both[0] == wiener_balance(wide, 2.0)
+
+
+def test_the_data_step_fits_the_photo_better_and_keeps_as_near_the_restoration_as_weighed():
+    sharp = image_to_tensor(make_photo((48, 48), seed=5), "cpu")
+    kernel = blur_kernel("motion", 4.0, 30.0)
+    photo = blur(sharp, kernel)
+    guess = sharp + 0.1 * torch.randn(sharp.shape, generator=torch.Generator().manual_seed(0))
+    inner = (..., slice(8, -8), slice(8, -8))  # past the made-up edges
+
+    def misfit(image):
+        return float((blur(image, kernel) - photo)[inner].square().mean())
+
+    loose, tight = data_step(photo, kernel, guess, 0.01), data_step(photo, kernel, guess, 10.0)
+    assert misfit(loose) < misfit(tight) < misfit(guess.clamp(0, 1))
+    assert (loose - guess).norm() > (tight - guess).norm()
+    # The sharp image itself is what the kernel blurs into the photo: it stays as it is
+    assert (data_step(photo, kernel, sharp, 0.5) - sharp)[inner].abs().max() < 0.02
+    # 8 bits (--apply's tiles) are read as [0, 1]
+    eight_bits = (sharp * 255).round().to(torch.uint8)
+    assert torch.allclose(
+        data_step(photo, kernel, eight_bits, 0.5), data_step(photo, kernel, eight_bits / 255, 0.5)
+    )
+
+
+def test_the_prior_levels_fall_from_the_most_noise_learned_to_the_photos_trusted_more_as_they_do():
+    levels, weights = zip(*prior_levels(2.0, 8.0, 4), strict=True)
+    assert levels[0] == pytest.approx(8.0) and levels[-1] == pytest.approx(2.0)
+    assert list(levels) == sorted(levels, reverse=True) and list(weights) == sorted(weights)
+    assert weights[-1] == pytest.approx(PRIOR_WEIGHT)  # at the photo's own noise
+    assert prior_levels(2.0, 8.0, 0) == []
+    # A photo noisier than the network learned: every round at its own level
+    assert [level for level, _ in prior_levels(12.0, 8.0, 2)] == pytest.approx([12.0, 12.0])
 
 
 def test_smooth_wrapping_removes_the_step_where_the_fft_repeats_the_image():

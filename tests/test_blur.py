@@ -192,6 +192,23 @@ def test_the_noise_of_a_blurred_photo_is_estimated_within_a_fifth(tmp_path, leve
     assert estimated_noise(photo) == pytest.approx(level, abs=max(0.2 * level, QUANTISATION / 2))
 
 
+def test_the_noise_of_a_photo_half_of_fine_strokes_is_read_on_its_flat_half():
+    # Strokes a pixel wide (text, a fine texture) have detail where the noise is read: read on
+    # every block, a photo half of them was told several times its noise
+    generator = torch.Generator().manual_seed(3)
+    photo = torch.full((1, 3, 96, 96), 0.5)
+    photo[..., 48:] = (torch.rand((1, 1, 96, 48), generator=generator) > 0.5) * 0.6 + 0.2
+    assert estimated_noise(photographed(photo, 2.0, generator)) == pytest.approx(2.0, rel=0.2)
+
+
+def test_the_noise_of_a_photo_mostly_clipped_to_black_is_read_where_it_is_not():
+    # Where the light was below black, about half the noise is cut off at 0
+    generator = torch.Generator().manual_seed(4)
+    photo = torch.zeros((1, 3, 96, 96))
+    photo[..., 72:] = 0.5
+    assert estimated_noise(photographed(photo, 4.0, generator)) == pytest.approx(4.0, rel=0.2)
+
+
 def test_noise_between_two_8_bit_steps_is_told_between_them():
     # The median of the whole numbers an 8-bit photo's detail makes told 1.2 and 1.7 both 1.45
     sharp = image_to_tensor(make_photo((96, 96), seed=2), "cpu")
