@@ -54,7 +54,7 @@ from plumbing.photo_folder import random_views, training_photos
 from plumbing.processes import Team, itself, join, this_process, together
 from plumbing.progress import Progress, print_plan
 from plumbing.settings import declared
-from plumbing.tiles import restored_in_tiles
+from plumbing.tiles import network_in_tiles
 from results import Frames, compared, image_quality, print_summary, psnr_from_mse, save_results
 
 # ---- Settings: edit a line, or override it for one run: python Deblur.py --num_epochs 300
@@ -433,7 +433,7 @@ def apply_to_photo(cfg, given, stop):
             kernel = blind_kernel(estimate_kernel, blurred, noise, cfg, stop, photo_path)
 
         # Wiener on the whole photo, the network in tiles (tiles.py): a few copies' memory
-        tiled = partial(restored_in_tiles, net, stop=stop, photo_path=photo_path, facts=facts)
+        tiled = network_in_tiles(net, stop, photo_path, facts)
         with torch.no_grad():  # the network under autocast, Wiener and the data step in float32
             restored = plug_and_play(tiled, blurred, kernel, noise, trained, cfg.prior_rounds)
         save_image(as_image(restored), target, "PNG", compress_level=1)

@@ -221,10 +221,13 @@ def test_plug_and_play_runs_its_rounds_told_no_blur_and_less_noise_for_any_blur_
 
 
 def test_an_any_blur_checkpoints_apply_mends_its_result_in_rounds_unless_told_none(
-    any_blur, tmp_path
+    any_blur, tmp_path, capsys
 ):
     photo = save_photo(tmp_path, "photo.png", size=(60, 40))
     named = ("--blur_kind", "motion", "--blur_radius", "3", "--blur_angle", "30")
+    assert apply(photo, tmp_path / "rounds", any_blur, *named, "--noise_level", "2") == 0
+    said = capsys.readouterr().out
+    assert f"Plug and play, round 3, on {photo}: 60x40 pixels" in said and "round 4" not in said
     assert (
         apply(
             photo, tmp_path / "out", any_blur, *named, "--noise_level", "2", "--prior_rounds", "0"
@@ -233,8 +236,11 @@ def test_an_any_blur_checkpoints_apply_mends_its_result_in_rounds_unless_told_no
     )
     kernel = blur_kernel("motion", 3.0, 30.0)
     single = whole_photo_result(any_blur, photo, kernel, 2.0, rounds=0)
+    assert "Plug and play" not in capsys.readouterr().out
     assert np.abs(deblurred(tmp_path / "out" / "photo_deblurred.png") - single).max() <= 1.0
-    assert np.abs(whole_photo_result(any_blur, photo, kernel, 2.0, rounds=3) - single).max() > 5
+    rounds = whole_photo_result(any_blur, photo, kernel, 2.0, rounds=3)
+    assert np.abs(deblurred(tmp_path / "rounds" / "photo_deblurred.png") - rounds).max() <= 1.0
+    assert np.abs(rounds - single).max() > 5
 
 
 def test_apply_runs_the_network_under_autocast_and_wiener_and_the_data_step_outside_it(
