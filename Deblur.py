@@ -26,7 +26,6 @@ from plumbing.checkpoints import (
     check_same_images,
     checkpoint_to_resume,
     load_weights,
-    note_estimated_noise,
     read_checkpoint,
     restore_training,
 )
@@ -49,7 +48,7 @@ from plumbing.images import (
     read_sharp,
 )
 from plumbing.job import report_outcome, run_job
-from plumbing.kernel_file import blind_kernel, read_kernel
+from plumbing.kernel_file import blind_kernel, note_noise, read_kernel
 from plumbing.photo_folder import random_views, training_photos
 from plumbing.processes import Team, itself, join, this_process, together
 from plumbing.progress import Progress, print_plan
@@ -425,9 +424,9 @@ def apply_to_photo(cfg, given, stop):
     if kernel is not None:
         check_blur_fits(kernel, blurred, "apply", trained)
     noise = cfg.noise_level  # given, or needed by no Wiener step
-    if trained.restore_from == "wiener" and "noise_level" not in given:
-        noise = estimated_noise(blurred)
-        note_estimated_noise(noise, trained)
+    if trained.restore_from == "wiener":
+        noise = noise if "noise_level" in given else estimated_noise(blurred)
+        note_noise(noise, trained, given="noise_level" in given)
     with photo_output(cfg, photo_path, blurred.shape[-2:]) as target:  # never a user's file
         if undone == "estimated":  # from the photo itself, saved beside the result
             kernel = blind_kernel(estimate_kernel, blurred, noise, cfg, stop, photo_path)

@@ -286,15 +286,3 @@ def blur_to_undo(cfg, given, trained, path):
     if named and cfg.blur_kind != "random":
         return cfg.blur_kind, cfg.blur_radius, cfg.blur_angle
     return "estimated"
-
-
-def note_estimated_noise(noise, trained):
-    """The noise estimated from a photo, said; far beyond what the network was trained on (a
-    palette image's dithering, a heavy texture, a photo of high ISO), said so."""
-    beyond = ""
-    if noise > 2 * trained.noise_level + 1:
-        beyond = (
-            f"; far beyond the {trained.noise_level:g} the network was trained on: it may smear "
-            f"detail (give a lower --noise_level if the photo is not that noisy)"
-        )
-    note(f"estimated the photo's noise at {noise:.2f} 8-bit steps (--noise_level sets it){beyond}")

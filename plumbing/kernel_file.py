@@ -1,6 +1,7 @@
 """The kernel --apply undoes, as a file: a measured one (--kernel), an image or a NumPy array,
 checked and normalised; or one estimated from the photo (kernel_estimation.py does that), saved
-beside the result so that --kernel reads it back. What a kernel does is blurs.py's.
+beside the result so that --kernel reads it back; and the noise level it is told, said. What a
+kernel does is blurs.py's.
 """
 
 from pathlib import Path
@@ -123,3 +124,19 @@ def save_kernel(kernel, output_dir, photo_path):
     levels = np.round(kernel / kernel.max() * 65535).astype(np.uint16)
     save_image(Image.fromarray(levels), path, "PNG")
     return path
+
+
+def note_noise(noise, trained, given):
+    """The noise level --apply tells the network: estimated from the photo, said; given or
+    estimated, far beyond what the network was trained on (a palette image's dithering, a heavy
+    texture, a photo of high ISO), said so."""
+    told = f"--noise_level {noise:g}"
+    if not given:
+        told = f"estimated the photo's noise at {noise:.2f} 8-bit steps (--noise_level sets it)"
+    if noise > 2 * trained.noise_level + 1:
+        note(
+            f"{told}; far beyond the {trained.noise_level:g} the network was trained on: it may "
+            f"smear detail (give a lower --noise_level if the photo is not that noisy)"
+        )
+    elif not given:
+        note(told)

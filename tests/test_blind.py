@@ -246,3 +246,16 @@ def test_noise_or_a_blur_beyond_what_the_network_learned_is_said(tmp_path, capsy
         "8-bit steps (--noise_level sets it); far beyond the 8 the network was trained on" in said
     )
     assert "the blur is 41 pixels wide, wider than the 31 the network was trained on" in said
+
+
+def test_a_given_noise_level_beyond_what_the_network_learned_is_said_and_one_within_is_not(
+    tmp_path, capsys
+):
+    photo = save_blurred_photo(tmp_path, size=60)
+    named = ["--blur_kind", "motion", "--blur_radius", "3", "--blur_angle", "0"]
+    for noise in ("30", "8"):
+        arguments = ["--apply", str(photo), "--output_dir", str(tmp_path / noise)]
+        assert Deblur.main([*arguments, *named, "--noise_level", noise]) == 0
+    said = capsys.readouterr().out
+    assert "--noise_level 30; far beyond the 8 the network was trained on" in said
+    assert "--noise_level 8" not in said and "estimated the photo's noise" not in said
