@@ -15,6 +15,7 @@ from torch.nn import functional as F
 BLUR_KINDS = ("gaussian", "motion", "defocus", "box", "random")
 QUANTISATION = 1 / math.sqrt(12)  # the noise rounding to 8 bits adds, in 8-bit steps
 NO_BLUR = np.ones((1, 1))  # the kernel of no blur: a network trained for any blur knows it
+NO_BLUR.setflags(write=False)  # shared by every caller: none may change it
 
 
 class Pair(NamedTuple):

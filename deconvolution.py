@@ -166,8 +166,9 @@ def data_step(blurred, kernel, restored, weight):
 def prior_levels(noise, most, rounds):
     """(noise level, data step's weight) of each of `rounds` rounds: the levels (8-bit steps, the
     8-bit rounding counted in) falling geometrically from `most` (the most noise the network
-    learned) to the photo's `noise`; each weight the photo's noise power over the level's, times
-    PRIOR_WEIGHT (DPIR's rule: where the network is told more noise, it is trusted less)."""
+    learned) to the photo's `noise` (one round: `most` alone, as DPIR's schedule); each weight the
+    photo's noise power over the level's, times PRIOR_WEIGHT (DPIR's rule: where the network is
+    told more noise, it is trusted less)."""
     power = noise**2 + QUANTISATION**2
     top = max(most, noise) ** 2 + QUANTISATION**2
     powers = np.geomspace(top, power, rounds) if rounds else []
@@ -287,7 +288,8 @@ def estimated_noise(image):
 
 def variation_around(coarse):
     """How much the photo varies around each 2x2 block: the largest step (across plus down) of
-    its coarse copy (the blocks' means) within the 3x3 blocks around it."""
+    its coarse copy (the blocks' means) within the 3x3 blocks around it. The steps wrap around:
+    an edge block is compared with the opposite edge, and at worst left out."""
     across = (coarse.roll(-1, 1) - coarse).abs()
     down = (coarse.roll(-1, 0) - coarse).abs()
     return F.max_pool2d((across + down)[None, None], 3, stride=1, padding=1)[0, 0]

@@ -11,8 +11,8 @@ given the true kernel and noise level, except a blind checkpoint (no kernel) and
 fixed blur, which undoes that blur whatever the photo's, as --apply does; PSNR leaves out
 the kernel's half-width (15 pixels), as Deblur's summary does. Wiener's balance follows the rule
 in deconvolution.py; "Wiener oracle" is Wiener at the best balance for each image, found with the
-sharp one. An any-blur network is measured as a training's summary measures it (its one pass) and
-as --apply runs it, with Deblur.py's prior_rounds of plug and play ("..., plug and play").
+sharp one. Each network is measured as a training's summary measures it (its one pass) and as
+--apply runs it ("..., plug and play": Deblur.py's prior_rounds, for an any-blur network only).
 Prints one row per blur and photo, then the mean gain of each method over the blurred input.
 """
 
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import Deblur  # noqa: E402
-from blurs import blur, blur_kernel, camera_shake, photographed  # noqa: E402
+from blurs import NO_BLUR, blur, blur_kernel, camera_shake, photographed  # noqa: E402
 from plumbing.checkpoint_fields import trained_settings  # noqa: E402
 from plumbing.images import image_to_tensor  # noqa: E402
 from results import deconvolutions, image_quality  # noqa: E402
@@ -54,7 +54,7 @@ def blurs_to_test(photos, shakes):
     for number in range(1, shakes + 1):  # the family's camera shakes, reaching 3 to 15 pixels
         reach = 3 + 12 * float(torch.rand((), generator=generator))
         kernels[f"shake {number}"] = camera_shake(reach, 15, generator)
-    kernels["no blur"] = np.ones((1, 1))
+    kernels["no blur"] = NO_BLUR
     return {name: np.pad(k, (WIDTH - k.shape[0]) // 2) for name, k in kernels.items()}
 
 
@@ -87,11 +87,10 @@ def scores(photos, checkpoints, noise, shakes):
                 for label, (net, trained) in networks.items():
                     undone = kernel if trained.blur_kind == "random" else trained_kernel(trained)
                     images[label] = net(Deblur.network_input(blurred, undone, noise, trained))
-                    if trained.blur_kind == "random" and trained.restore_from == "wiener":
-                        rounds = Deblur.prior_rounds  # as --apply
-                        images[f"{label}, plug and play"] = Deblur.plug_and_play(
-                            net, blurred, undone, noise, trained, rounds
-                        )
+                    rounds = Deblur.prior_rounds  # as --apply: none but for an any-blur network
+                    images[f"{label}, plug and play"] = Deblur.plug_and_play(
+                        net, blurred, undone, noise, trained, rounds
+                    )
             before = image_quality(blurred, sharp, border)[0]
             gains = {
                 m: image_quality(image, sharp, border)[0] - before for m, image in images.items()

@@ -23,7 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import skimage
 import torch
 from PIL import Image
@@ -34,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from any_blur import load_network  # noqa: E402
 
 import Deblur  # noqa: E402
-from blurs import blur, camera_shake, photographed  # noqa: E402
+from blurs import NO_BLUR, blur, camera_shake, photographed  # noqa: E402
 from deconvolution import estimated_noise, wiener_by_rule, wrapped_smoothly  # noqa: E402
 from kernel_estimation import (  # noqa: E402
     centred_on_centroid,
@@ -166,7 +165,7 @@ def main():
         told = estimated_noise(blurred)  # as --apply, which is not told the noise
         kernel, doubt = estimate_kernel(blurred, WIDTH, told, say=lambda line: None)
         seconds = time.perf_counter() - began
-        kernel = np.ones((1, 1)) if doubt else kernel
+        kernel = NO_BLUR if doubt else kernel
         base = psnr_aligned(blurred, sharp)
         gains = [
             psnr_aligned(restored(net, trained, blurred, truth, noise), sharp) - base,

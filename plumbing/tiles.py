@@ -33,9 +33,11 @@ def in_tiles(image, margin, stop, doing, core=512):
         now = perf_counter()
         left_s = (now - began) / (done + 1) * (len(corners) - done - 1)
         if done == 0 and left_s > 10:
-            print(f"The first tile took {now - began:.1f} s: about {hms(left_s)} to go")
+            print(
+                f"The first tile took {now - began:.1f} s: about {hms(left_s)} to go in this pass"
+            )
         elif now - reported > 10 and done + 1 < len(corners):
-            print(f"{done + 1} of {len(corners)} tiles, about {hms(left_s)} to go")
+            print(f"{done + 1} of {len(corners)} tiles, about {hms(left_s)} to go in this pass")
             reported = now
 
 
@@ -63,7 +65,6 @@ def restored_in_tiles(net, described_photo, stop, doing, facts):
     torch.no_grad()."""
     inputs = described_photo[:, :3].to(torch.float16, copy=True)
     description = described_photo[:, 3:, :1, :1].float()  # the same at every pixel: one each
-    del described_photo
     correction = torch.empty_like(inputs)
     for where, tile, inside in in_tiles(inputs, net.REACH, stop, doing):
         tile = torch.cat([tile.float(), description.expand(-1, -1, *tile.shape[-2:])], 1)

@@ -220,7 +220,7 @@ def test_plug_and_play_runs_its_rounds_told_no_blur_and_less_noise_for_any_blur_
     assert len(told) == 1
 
 
-def test_an_any_blur_checkpoints_apply_mends_its_result_in_rounds_unless_told_none(
+def test_an_any_blur_checkpoints_apply_runs_its_rounds_as_on_the_whole_photo_unless_told_none(
     any_blur, tmp_path, capsys
 ):
     photo = save_photo(tmp_path, "photo.png", size=(60, 40))

@@ -11,7 +11,7 @@ from PIL import Image
 from skimage import restoration
 
 import deconvolution
-from blurs import blur, blur_kernel, camera_shake, photographed, random_kernels
+from blurs import NO_BLUR, blur, blur_kernel, camera_shake, photographed, random_kernels
 from deconvolution import (
     PRIOR_WEIGHT,
     data_step,
@@ -129,7 +129,7 @@ def test_the_balance_rises_with_the_noise_and_for_small_kernels():
 
 def test_the_data_step_fits_the_photo_better_and_keeps_as_near_the_restoration_as_weighed():
     sharp = image_to_tensor(make_photo((48, 48), seed=5), "cpu")
-    kernel = blur_kernel("motion", 4.0, 30.0)
+    kernel = camera_shake(5, 7, torch.Generator().manual_seed(2))  # no symmetry to hide a flip
     photo = blur(sharp, kernel)
     guess = sharp + 0.1 * torch.randn(sharp.shape, generator=torch.Generator().manual_seed(0))
     inner = (..., slice(8, -8), slice(8, -8))  # past the made-up edges
@@ -142,11 +142,13 @@ def test_the_data_step_fits_the_photo_better_and_keeps_as_near_the_restoration_a
     assert (loose - guess).norm() > (tight - guess).norm()
     # The sharp image itself is what the kernel blurs into the photo: it stays as it is
     assert (data_step(photo, kernel, sharp, 0.5) - sharp)[inner].abs().max() < 0.02
+    # Without blur, the weighted mean of the photo and the restoration, exactly
+    mean = (photo + 0.5 * guess.clamp(0, 1)) / 1.5
+    assert torch.allclose(data_step(photo, NO_BLUR, guess.clamp(0, 1), 0.5), mean, atol=1e-5)
     # 8 bits (--apply's tiles) are read as [0, 1]
     eight_bits = (sharp * 255).round().to(torch.uint8)
-    assert torch.allclose(
-        data_step(photo, kernel, eight_bits, 0.5), data_step(photo, kernel, eight_bits / 255, 0.5)
-    )
+    in_eight_bits = data_step(photo, kernel, eight_bits, 0.5)
+    assert torch.allclose(in_eight_bits, data_step(photo, kernel, eight_bits / 255, 0.5))
 
 
 def test_the_prior_levels_fall_from_the_most_noise_learned_to_the_photos_trusted_more_as_they_do():
@@ -155,6 +157,8 @@ def test_the_prior_levels_fall_from_the_most_noise_learned_to_the_photos_trusted
     assert list(levels) == sorted(levels, reverse=True) and list(weights) == sorted(weights)
     assert weights[-1] == pytest.approx(PRIOR_WEIGHT)  # at the photo's own noise
     assert prior_levels(2.0, 8.0, 0) == []
+    assert [level for level, _ in prior_levels(2.0, 8.0, 1)] == pytest.approx([8.0])  # as DPIR's
+    assert prior_levels(0.0, 8.0, 3)[-1] == pytest.approx((0.0, PRIOR_WEIGHT))  # no noise: to 0
     # A photo noisier than the network learned: every round at its own level
     assert [level for level, _ in prior_levels(12.0, 8.0, 2)] == pytest.approx([12.0, 12.0])
 
