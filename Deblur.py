@@ -430,7 +430,6 @@ def apply_to_photo(cfg, given, stop):
     with photo_output(cfg, photo_path, blurred.shape[-2:]) as target:  # never a user's file
         if undone == "estimated":  # from the photo itself, saved beside the result
             kernel = blind_kernel(estimate_kernel, blurred, noise, cfg, stop, photo_path)
-
         # Wiener on the whole photo, the network in tiles (tiles.py): a few copies' memory
         tiled = network_in_tiles(net, stop, photo_path, facts)
         with torch.no_grad():  # the network under autocast, Wiener and the data step in float32

@@ -1,6 +1,7 @@
 """The classical deconvolutions that use the known kernel (blurs.py's): Wiener, with a balance
 that follows the noise and the kernel (also the network's first step), Richardson-Lucy, and total
-variation (a sparse gradient prior); and the noise a photo has, which they need. results.py sets
+variation (a sparse gradient prior); the kernel's data step that Deblur.py's plug and play
+repeats between the network's passes; and the noise a photo has, which they need. results.py sets
 what they give beside the network.
 """
 
@@ -77,7 +78,9 @@ def wiener_at(spectra, balance, in_place=False):
         balance = balance.reshape(-1, 1, 1, 1).to(device, non_blocking=device.type == "cuda")
     denominator = spectra.energy * balance + spectra.power
     numerator = spectra.numerator if in_place else spectra.numerator.clone()
-    return image_of(numerator.div_(denominator), spectra)
+    numerator.div_(denominator)
+    del denominator  # a photo's worth of memory, before the inverse FFT makes another
+    return image_of(numerator, spectra)
 
 
 def image_of(spectrum, spectra):

@@ -1,7 +1,8 @@
 """A folder of training photos: which of its files are photos, each decoded once into a cache on
 disk and then read through a memory map. A folder of any size trains in bounded memory: crops
 touch only their own pages, which the operating system keeps while there is room and drops when
-there is not; processes on one machine (torchrun's) share them. What is trained is Deblur.py's.
+there is not; processes on one machine (torchrun's) share them. Each step's random views of
+them (random_views) are cut here; what is trained on them is Deblur.py's.
 """
 
 import shutil
