@@ -5,9 +5,11 @@ Skipped, with the reason, on a machine without CUDA (CI has none); run them wher
 
 import pytest
 import torch
-from conftest import history, run_deblur
+from conftest import history, run_deblur, save_photo
+from PIL import Image
 
 import Deblur
+from plumbing.checkpoints import SHIPPED_MODEL
 from plumbing.command_line import parse_settings
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -54,3 +56,17 @@ def test_a_run_on_cuda_waits_for_the_device_only_on_logged_and_snapshot_epochs(
     # The logged epochs (10, 20, 30) and progress.png's (1, 2, 5, 10, 20, 30), and the evaluation
     # after the last: never in between, where reading a loss would make every step wait
     assert {10, 20, 30} <= host_waits["cuda"] <= {0, 1, 2, 5, 10, 20, 30}
+
+
+def test_apply_with_plug_and_play_on_cuda_is_the_cpus_within_an_8_bit_step(tmp_path):
+    """The shipped any-blur model, a named blur, its rounds of plug and play: the photo's data
+    steps on the GPU, its tiles back in 8 bits on the host between the rounds."""
+    photo = save_photo(tmp_path, "photo.png", size=(96, 64))
+    named = ("--blur_kind", "motion", "--blur_radius", "4", "--noise_level", "2")
+    results = {}
+    for device in ("cuda", "cpu"):
+        out = tmp_path / device
+        argv = ["--apply", str(photo), "--resume", str(SHIPPED_MODEL), "--output_dir", str(out)]
+        assert Deblur.main([*argv, "--device", device, "--amp_dtype", "float32", *named]) == 0
+        results[device] = torch.tensor(list(Image.open(out / "photo_deblurred.png").getdata()))
+    assert (results["cuda"] - results["cpu"]).abs().max() <= 2
