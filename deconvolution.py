@@ -264,12 +264,10 @@ def estimated_noise(image):
     """The standard deviation of the Gaussian noise in (1, 3, H, W) `image`, in 8-bit steps, from
     its finest diagonal detail (the Haar wavelet's HH band), where a blurred photo has almost
     nothing but noise: its median absolute value / 0.6745 (Donoho's robust estimate), read on the
-    flattest FLAT_SHARE of the 2x2 blocks, none clipped. Text and fine textures have detail at
-    that scale too: read on every block, it told the pages of docs/blind.md's lesson 0.40 steps
-    too much on average, and its 42 photos 0.21 steps off; on the flattest quarter, 0.02 and 0.04.
-    Where a photo is black or white its noise was cut off there, and it told a photo with a black
-    sky too little. The rounding to 8 bits is left out: it is counted on its own (QUANTISATION).
-    A photo one pixel high or wide has no 2x2 block to tell its noise by: none is assumed."""
+    flattest FLAT_SHARE of the 2x2 blocks, none clipped: text and fine textures have detail at
+    that scale too, and where a photo is black or white its noise was cut off (docs/blind.md).
+    The rounding to 8 bits is left out: it is counted on its own (QUANTISATION). A photo one
+    pixel high or wide has no 2x2 block to tell its noise by: none is assumed."""
     pixels = image[0]
     height, width = (pixels.shape[-2] // 2) * 2, (pixels.shape[-1] // 2) * 2
     if height * width == 0:

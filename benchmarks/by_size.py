@@ -28,7 +28,14 @@ from blind import PHOTOS, REACHES, SHIPPED_MODEL, WIDTH, cases, load_network, re
 
 from results import deconvolutions, image_quality  # noqa: E402
 
-METHODS = ("Wiener", "Wiener oracle", "Richardson–Lucy", "Sparse prior", "Network", "Plug and play")
+METHODS = (
+    "Wiener",
+    "Wiener oracle",
+    "Richardson–Lucy",
+    "Sparse prior",
+    "Network",
+    "Plug and play",
+)
 
 
 def restorations(net, trained, blurred, sharp, kernel, noise):

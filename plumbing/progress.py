@@ -109,11 +109,13 @@ class Progress:
         """`terms`: the step's loss terms by name, on the device. Returns 'running', 'done',
         'stopped' or 'diverged' (a loss or a weight not finite: nothing is logged or saved)."""
         net = itself(net)  # under torchrun, the network inside DistributedDataParallel
-        # One read of them all (the host waits once), averaged over every process's crops
-        read = torch.stack([term.detach().float() for term in terms.values()]).tolist()
-        values = averaged(self.team, read)
         weights = net.state_dict().values()
-        finite = torch.stack([weight.isfinite().all() for weight in weights]).all()
+        finite = torch.stack([weight.isfinite().all() for weight in weights]).all().float()
+        # One read of them all (the host waits once): the terms, then whether the weights are finite
+        *read, finite = torch.stack(
+            [*(t.detach().float() for t in terms.values()), finite]
+        ).tolist()
+        values = averaged(self.team, read)  # over every process's crops
         if not all(map(math.isfinite, values)) or not finite:
             self.diverged_at = epoch
             return "diverged"
