@@ -26,13 +26,15 @@ SUPPORT_REACH = 2  # pixels a finer scale's kernel may reach beyond the coarser 
 CLIPPED = 254 / 255  # pixels this bright may have been clipped: no edge near them is trusted
 EDGES_OVER_NOISE = 20  # the strongest edges (0.1%) must stand this far above the noise
 WIDE_SHARE = 0.6  # at least this share of the strongest edges (2%) must be wide_edges
+PATH = 0.25  # a kernel's values this share of its peak are its path, not the haze around it
 
 
 def estimate_kernel(photo, width, noise, between_rounds=None, say=print):
     """The blur kernel of a (1, 3, H, W) photo in [0, 1] (any float dtype) with noise of `noise`
     8-bit steps, as (kernel, None): a (width, width) NumPy array (width odd), non-negative,
-    summing to 1, centred on its centroid; or (None, why) where the photo's edges are too faint to
-    tell its blur by. `between_rounds` is called between rounds (to stop, it raises)."""
+    summing to 1, centred on its centroid; or (None, why) where it cannot be told: the photo's
+    edges too faint or too fine, or a blur wider than the square. `between_rounds` is called
+    between rounds (to stop, it raises)."""
     grey = grey_region(photo)
     doubt = reason_to_doubt(grey, noise)
     if doubt:
@@ -61,7 +63,13 @@ def estimate_kernel(photo, width, noise, between_rounds=None, say=print):
                 kernel = cleaned(fitted)
             weight = max(weight / 1.1, 1e-4)
         kernel = centred_on_centroid(kernel)
-    return without_haze(kernel), None
+    kernel = without_haze(kernel)
+    if spans_its_square(kernel):
+        return None, (
+            f"the blur found reaches across the whole {width}-px square it was sought in: it is "
+            f"wider, and undoing a cut-off blur rings (a larger kernel_size may find it)"
+        )
+    return kernel, None
 
 
 def without_haze(kernel):
@@ -70,6 +78,16 @@ def without_haze(kernel):
     kernel = kernel.double().cpu().numpy()
     kernel[kernel < kernel.max() / 20] = 0
     return kernel / kernel.sum()
+
+
+def spans_its_square(kernel):
+    """Whether the kernel's path (its values of at least PATH x its peak, not the faint haze a fit
+    leaves) touches two opposite sides of its square. Centred on its centroid, a blur that fits
+    has room left on both sides (on the validation photos every estimate did); one that reaches
+    both was cut off where the square ends, or is noise spread all over it."""
+    path = kernel >= PATH * kernel.max()
+    rows, columns = path.any(1), path.any(0)
+    return bool((rows[0] and rows[-1]) or (columns[0] and columns[-1]))
 
 
 def reason_to_doubt(grey, noise):

@@ -15,7 +15,13 @@ import Deblur
 import kernel_estimation
 from blurs import blur, blur_kernel, photographed
 from kernel_estimation import centred_on_centroid as centred
-from kernel_estimation import cleaned, estimate_kernel, grey_region, wide_edges
+from kernel_estimation import (
+    cleaned,
+    estimate_kernel,
+    grey_region,
+    spans_its_square,
+    wide_edges,
+)
 from plumbing.checkpoints import SHIPPED_MODEL
 from plumbing.images import image_to_tensor
 from plumbing.kernel_file import read_kernel
@@ -123,6 +129,16 @@ def test_a_kernel_is_centred_on_its_centroid():
     assert moved.sum() == pytest.approx(1.0) and torch.equal(moved[4, 3:6], kernel[1, 1:4])
 
 
+def test_a_kernel_is_taken_as_cut_off_only_where_its_path_reaches_two_opposite_sides():
+    kernel = np.zeros((9, 9))
+    kernel[4, :6] = 1.0  # touches the left side only: a blur that fits, off its middle
+    kernel[0, 5] = 1.0  # and the top
+    kernel[8, 5] = kernel[4, 8] = 0.2  # and the bottom and the right by faint haze only
+    assert not spans_its_square(kernel)
+    kernel[4, 6:] = 1.0  # now its path reaches the right side too
+    assert spans_its_square(kernel) and spans_its_square(kernel.T)
+
+
 def test_edges_are_taken_where_wider_than_a_fine_texture():
     image = torch.zeros(40, 40)
     image[:, 20:] = 1.0  # a step: every gradient by it points the same way
@@ -139,6 +155,7 @@ def test_edges_are_taken_where_wider_than_a_fine_texture():
         ("faint", 3.0, "strongest edges stand only"),
         ("clipped", 0.0, "clipped highlights"),
         ("text", 0.5, "finer than a blur"),
+        ("wider than the square", 0.5, "reaches across the whole 9-px square"),
     ],
 )
 def test_a_photo_that_cannot_tell_its_blur_gets_none(photo, noise, words):
@@ -147,6 +164,7 @@ def test_a_photo_that_cannot_tell_its_blur_gets_none(photo, noise, words):
         "faint": 0.5 + 0.01 * blurred_photo(np.ones((1, 1)), noise=0, size=64),
         "clipped": torch.ones(1, 3, 64, 64).index_fill_(2, torch.arange(10), 0.2),
         "text": blurred_text(np.pad(blur_kernel("motion", 5.0, 100.0), 2)),
+        "wider than the square": blurred_photo(blur_kernel("motion", 6.0, 30.0)),  # 13 px
     }[photo]
     kernel, doubt = estimate_kernel(pixels, 9, noise, say=lambda line: None)
     assert kernel is None and words in doubt
