@@ -430,6 +430,7 @@ def apply_to_photo(cfg, given, stop):
     with photo_output(cfg, photo_path, blurred.shape[-2:]) as target:  # never a user's file
         if undone == "estimated":  # from the photo itself, saved beside the result
             kernel = blind_kernel(estimate_kernel, blurred, noise, cfg, stop, photo_path)
+            check_blur_fits(kernel, blurred, "apply", trained)  # wider than it learned: said
         # Wiener on the whole photo, the network in tiles (tiles.py): a few copies' memory
         tiled = network_in_tiles(net, stop, photo_path, facts)
         with torch.no_grad():  # the network under autocast, Wiener and the data step in float32

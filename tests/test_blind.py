@@ -266,6 +266,17 @@ def test_noise_or_a_blur_beyond_what_the_network_learned_is_said(tmp_path, capsy
     assert "the blur is 41 pixels wide, wider than the 31 the network was trained on" in said
 
 
+def test_an_estimated_blur_wider_than_the_network_learned_is_said(tmp_path, monkeypatch, capsys):
+    line = np.zeros((35, 35))
+    line[17] = 1 / 35  # a 35-px blur; the shipped model learned up to 31
+    monkeypatch.setattr(Deblur, "estimate_kernel", lambda *args, **kwargs: (line, None))
+    photo = save_blurred_photo(tmp_path, size=105)  # three kernels wide: enough to estimate from
+    assert apply_deblur(photo, tmp_path / "out", SHIPPED_MODEL, "--kernel_size", "35") == 0
+    said = capsys.readouterr().out
+    assert "estimated the blur: 35x1 px" in said
+    assert "the blur is 35 pixels wide, wider than the 31 the network was trained on" in said
+
+
 def test_a_given_noise_level_beyond_what_the_network_learned_is_said_and_one_within_is_not(
     tmp_path, capsys
 ):
