@@ -44,6 +44,7 @@ from plumbing.images import (
     check_blur_fits,
     image_to_tensor,
     input_paths,
+    is_jpeg,
     read_rgb_image,
     read_sharp,
 )
@@ -425,7 +426,7 @@ def apply_to_photo(cfg, given, stop):
         check_blur_fits(kernel, blurred, "apply", trained)
     noise = cfg.noise_level  # given, or needed by no Wiener step
     if trained.restore_from == "wiener":
-        noise = noise if "noise_level" in given else estimated_noise(blurred)
+        noise = noise if "noise_level" in given else estimated_noise(blurred, is_jpeg(photo_path))
         note_noise(noise, trained, given="noise_level" in given)
     with photo_output(cfg, photo_path, blurred.shape[-2:]) as target:  # never a user's file
         if undone == "estimated":  # from the photo itself, saved beside the result

@@ -258,16 +258,19 @@ def sparse_shrinkage(gradient, beta, steps=5):
 
 # ---- The noise a photo has, when --apply is not told
 FLAT_SHARE = 0.25  # the noise is read on this share of the photo's 2x2 blocks: its flattest
+JPEG_NOISE = 2.0  # 8-bit steps: a JPEG's noise is taken as at least this (estimated_noise)
 
 
-def estimated_noise(image):
+def estimated_noise(image, jpeg=False):
     """The standard deviation of the Gaussian noise in (1, 3, H, W) `image`, in 8-bit steps, from
     its finest diagonal detail (the Haar wavelet's HH band), where a blurred photo has almost
     nothing but noise: its median absolute value / 0.6745 (Donoho's robust estimate), read on the
     flattest FLAT_SHARE of the 2x2 blocks, none clipped: text and fine textures have detail at
     that scale too, and where a photo is black or white its noise was cut off (docs/blind.md).
     The rounding to 8 bits is left out: it is counted on its own (QUANTISATION). A photo one
-    pixel high or wide has no 2x2 block to tell its noise by: none is assumed."""
+    pixel high or wide has no 2x2 block to tell its noise by: none is assumed. Of a `jpeg`, at
+    least JPEG_NOISE: its compression wiped the finest noise from its flat parts, where it is
+    read, not from its edges, and added its own error (docs/blind.md, JPEG photos)."""
     pixels = image[0]
     height, width = (pixels.shape[-2] // 2) * 2, (pixels.shape[-1] // 2) * 2
     if height * width == 0:
@@ -284,7 +287,8 @@ def estimated_noise(image):
     flattest = activity.flatten().kthvalue(max(int(FLAT_SHARE * activity.numel()), 1)).values
     on_flat = activity <= flattest  # all of it where more than 3 in 4 blocks are clipped
     sigma = median_between_steps(torch.cat([detail[on_flat] for detail in details])) / 2 / 0.6745
-    return math.sqrt(max(sigma**2 - QUANTISATION**2, 0))
+    noise = math.sqrt(max(sigma**2 - QUANTISATION**2, 0))
+    return max(noise, JPEG_NOISE) if jpeg else noise
 
 
 def variation_around(coarse):

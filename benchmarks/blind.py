@@ -5,18 +5,21 @@ of 1 to 3 8-bit steps, 8 bits, edges replicated.
 
     python benchmarks/blind.py                                   # the shipped model
     python benchmarks/blind.py --checkpoint runs/any/checkpoint.pt --blind runs/blind/checkpoint.pt
+    python benchmarks/blind.py --jpeg 85                         # each blurred photo a JPEG
 
 For each photo and shake: PSNR of the blurred input, and the gain over it of the any-blur network
 with the true kernel, with the estimated one (kernel_estimation.py, as --apply does it, its doubt
 included: no blur undone where the photo's edges are too faint), and of Wiener with the estimated
-kernel; with --blind, a blind network's. PSNR is aligned up to 3 pixels' shift, in quarters of a
-pixel, and leaves out an 18-pixel border, as Levin et al.'s evaluation of blind deblurring does
-(an estimated kernel may sit a fraction of a pixel off);
-the kernel error is |estimated - true| / |true| at their best shift; the seconds are the
+kernel; with --blind, a blind network's; with --jpeg, on the blurred photo saved as a JPEG, its
+noise read as --apply reads a JPEG's (the true kernel's network is told the noise drawn before it).
+PSNR is aligned up to 3 pixels' shift, in quarters of a pixel, and leaves out an 18-pixel border, as
+Levin et al.'s evaluation of blind deblurring does (an estimated kernel may sit a fraction of a
+pixel off); the kernel error is |estimated - true| / |true| at their best shift; the seconds are the
 estimate's. The means at the end are over every photo and shake.
 """
 
 import argparse
+import io
 import math
 import statistics
 import sys
@@ -46,7 +49,7 @@ from kernel_estimation import (  # noqa: E402
     without_haze,
 )
 from plumbing.checkpoints import SHIPPED_MODEL  # noqa: E402
-from plumbing.images import image_to_tensor  # noqa: E402
+from plumbing.images import image_to_tensor, tensor_to_image  # noqa: E402
 
 SHAKES = 2**32 + 78  # the validation generator of any_blur.py: no training run draws from it
 SKIMAGE = Path(skimage.__file__).parent / "data"
@@ -128,29 +131,42 @@ def photo(name):
     return image_to_tensor(image.resize(size, Image.LANCZOS), "cpu")
 
 
-def cases(most_noise=3.0):
+def cases(most_noise=3.0, jpeg=None):
     """(photo's name, reach, noise, sharp, true kernel, blurred) of every photo and shake, the
-    noise drawn from 1 to `most_noise` 8-bit steps (the same shakes whatever it is)."""
+    noise drawn from 1 to `most_noise` 8-bit steps (the same shakes whatever it is); with `jpeg`,
+    the blurred photo saved as a JPEG of that quality, as a camera or a web page keeps it."""
     generator = torch.Generator().manual_seed(SHAKES)
     for name in PHOTOS:
         sharp = photo(name)
         for reach in REACHES:
             truth = camera_shake(reach, WIDTH // 2, generator)
             noise = 1 + (most_noise - 1) * float(torch.rand((), generator=generator))
+            blurred = photographed(blur(sharp, truth), noise, generator)
             yield (
                 name,
                 reach,
                 noise,
                 sharp,
                 truth,
-                photographed(blur(sharp, truth), noise, generator),
+                saved_as_jpeg(blurred, jpeg) if jpeg else blurred,
             )
+
+
+def saved_as_jpeg(image, quality):
+    """The (1, 3, H, W) image as Pillow saves and reads it back as a JPEG of `quality` (its
+    chroma halved each way, as Pillow and most cameras do)."""
+    buffer = io.BytesIO()
+    tensor_to_image(image).save(buffer, "JPEG", quality=quality)
+    return image_to_tensor(Image.open(buffer).convert("RGB"), "cpu")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=str(SHIPPED_MODEL), help="an any-blur network")
     parser.add_argument("--blind", help="a blind checkpoint (--restore_from blurred), to compare")
+    parser.add_argument(
+        "--jpeg", type=int, help="save each blurred photo as a JPEG of this quality"
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     net, trained = load_network(args.checkpoint)
@@ -160,9 +176,9 @@ def main():
         "photo            reach  noise  blurred  true k  estimated  Wiener est  blind  k error  s"
         "  fitted to sharp"
     )
-    for name, reach, noise, sharp, truth, blurred in cases():
+    for name, reach, noise, sharp, truth, blurred in cases(jpeg=args.jpeg):
         began = time.perf_counter()
-        told = estimated_noise(blurred)  # as --apply, which is not told the noise
+        told = estimated_noise(blurred, jpeg=bool(args.jpeg))  # as --apply reads it
         kernel, doubt = estimate_kernel(blurred, WIDTH, told, say=lambda line: None)
         seconds = time.perf_counter() - began
         kernel = NO_BLUR if doubt else kernel

@@ -177,6 +177,12 @@ def check_photo_fits_estimation(photo, width):
         )
 
 
+def is_jpeg(path):
+    """Whether the image file is a JPEG (a camera's MPO is one too): its noise is read otherwise."""
+    with Image.open(path) as image:
+        return image.format in ("JPEG", "MPO")
+
+
 def image_to_tensor(image, device, dtype=torch.float32):
     """(1, 3, H, W) in [0, 1], channels_last: the layout oneDNN and cuDNN convolve best. Made from
     the 8-bit pixels in place: one copy in `dtype` (--apply keeps a large photo in float16)."""

@@ -2,6 +2,7 @@
 saved beside the result and said, then undone by the any-blur network; a photo whose edges cannot
 tell a blur is left nearly as it is; the model that ships with Deblur does it on a fresh clone."""
 
+import io
 import os
 import signal
 
@@ -14,6 +15,7 @@ from PIL import Image
 import Deblur
 import kernel_estimation
 from blurs import blur, blur_kernel, photographed
+from deconvolution import JPEG_NOISE, estimated_noise
 from kernel_estimation import centred_on_centroid as centred
 from kernel_estimation import (
     cleaned,
@@ -23,7 +25,7 @@ from kernel_estimation import (
     wide_edges,
 )
 from plumbing.checkpoints import SHIPPED_MODEL
-from plumbing.images import image_to_tensor
+from plumbing.images import image_to_tensor, tensor_to_image
 from plumbing.kernel_file import read_kernel
 
 
@@ -63,6 +65,13 @@ def blurred_text(kernel, size=96, seed=0):
                 page[top + rng.integers(2) : top + 6 + rng.integers(2), left] = 0.1
     photo = blur(page.expand(1, 3, size, size), kernel)
     return photographed(photo, 0.5, torch.Generator().manual_seed(0))
+
+
+def saved_as_jpeg(image, quality):
+    """The (1, 3, H, W) image as it comes back from a JPEG of `quality`."""
+    buffer = io.BytesIO()
+    tensor_to_image(image).save(buffer, "JPEG", quality=quality)
+    return image_to_tensor(Image.open(buffer).convert("RGB"), "cpu")
 
 
 def save_blurred_photo(folder, size=96):
@@ -156,16 +165,21 @@ def test_edges_are_taken_where_wider_than_a_fine_texture():
         ("clipped", 0.0, "clipped highlights"),
         ("text", 0.5, "finer than a blur"),
         ("wider than the square", 0.5, "reaches across the whole 9-px square"),
+        ("faint, as a JPEG", None, "strongest edges stand only"),  # its noise read as --apply
     ],
 )
 def test_a_photo_that_cannot_tell_its_blur_gets_none(photo, noise, words):
+    line = np.pad(blur_kernel("motion", 3.0, 30.0), 2)
+    faint = 0.5 + 0.3 * (blurred_photo(line, noise=0, size=64) - 0.5)  # edges up to 31 steps
     pixels = {
         "flat": torch.full((1, 3, 64, 64), 0.4),
         "faint": 0.5 + 0.01 * blurred_photo(np.ones((1, 1)), noise=0, size=64),
+        "faint, as a JPEG": saved_as_jpeg(photographed(faint, 2.0, torch.Generator()), 85),
         "clipped": torch.ones(1, 3, 64, 64).index_fill_(2, torch.arange(10), 0.2),
         "text": blurred_text(np.pad(blur_kernel("motion", 5.0, 100.0), 2)),
         "wider than the square": blurred_photo(blur_kernel("motion", 6.0, 30.0)),  # 13 px
     }[photo]
+    noise = estimated_noise(pixels, jpeg=True) if noise is None else noise  # as --apply reads it
     kernel, doubt = estimate_kernel(pixels, 9, noise, say=lambda line: None)
     assert kernel is None and words in doubt
 
@@ -275,6 +289,18 @@ def test_an_estimated_blur_wider_than_the_network_learned_is_said(tmp_path, monk
     said = capsys.readouterr().out
     assert "estimated the blur: 35x1 px" in said
     assert "the blur is 35 pixels wide, wider than the 31 the network was trained on" in said
+
+
+def test_a_jpegs_noise_is_told_as_at_least_what_its_compression_hides(tmp_path, capsys):
+    png = save_blurred_photo(tmp_path)  # noise of half a step
+    Image.open(png).save(tmp_path / "photo.jpg", quality=95)
+    for photo in (png, tmp_path / "photo.jpg"):
+        assert apply_deblur(photo, tmp_path / "out", SHIPPED_MODEL, "--kernel_size", "11") == 0
+    said = capsys.readouterr().out
+    noises = [
+        float(line.split(" at ")[1].split()[0]) for line in said.splitlines() if "noise at" in line
+    ]
+    assert noises[0] < 1 and noises[1] == JPEG_NOISE
 
 
 def test_a_given_noise_level_beyond_what_the_network_learned_is_said_and_one_within_is_not(
