@@ -233,6 +233,15 @@ def blur(images, kernels, pad=True):
     return blurred[..., half : height - half, half : width - half]  # none of it wrapped
 
 
+def blurred_in_linear_light(images, kernels):
+    """sRGB-encoded `images` (as photos are stored) blurred as a camera's sensor blurs them: the
+    light adds up linearly, and is encoded after (the sRGB curve of IEC 61966-2-1). Deblur blurs,
+    and undoes blur, in the stored values, as most synthetic benchmarks do (docs/blind.md)."""
+    linear = torch.where(images <= 0.04045, images / 12.92, ((images + 0.055) / 1.055) ** 2.4)
+    light = blur(linear, kernels).clamp(0, 1)
+    return torch.where(light <= 0.0031308, light * 12.92, 1.055 * light ** (1 / 2.4) - 0.055)
+
+
 def photographed(images, noise, generator):
     """The images as a camera saves them: Gaussian noise of standard deviation `noise` in 8-bit
     steps (a number, or a tensor of one per image) added, then rounded to 8 bits. The noise is

@@ -6,6 +6,7 @@ of 1 to 3 8-bit steps, 8 bits, edges replicated.
     python benchmarks/blind.py                                   # the shipped model
     python benchmarks/blind.py --checkpoint runs/any/checkpoint.pt --blind runs/blind/checkpoint.pt
     python benchmarks/blind.py --jpeg 85                         # each blurred photo a JPEG
+    python benchmarks/blind.py --linear_light                    # blurred as a sensor blurs
 
 For each photo and shake: PSNR of the blurred input, and the gain over it of the any-blur network
 with the true kernel, with the estimated one (kernel_estimation.py, as --apply does it, its doubt
@@ -36,7 +37,13 @@ sys.path.insert(0, str(ROOT))
 from any_blur import load_network  # noqa: E402
 
 import Deblur  # noqa: E402
-from blurs import NO_BLUR, blur, camera_shake, photographed  # noqa: E402
+from blurs import (  # noqa: E402
+    NO_BLUR,
+    blur,
+    blurred_in_linear_light,
+    camera_shake,
+    photographed,
+)
 from deconvolution import estimated_noise, wiener_by_rule, wrapped_smoothly  # noqa: E402
 from kernel_estimation import (  # noqa: E402
     centred_on_centroid,
@@ -131,17 +138,19 @@ def photo(name):
     return image_to_tensor(image.resize(size, Image.LANCZOS), "cpu")
 
 
-def cases(most_noise=3.0, jpeg=None):
+def cases(most_noise=3.0, jpeg=None, linear_light=False):
     """(photo's name, reach, noise, sharp, true kernel, blurred) of every photo and shake, the
     noise drawn from 1 to `most_noise` 8-bit steps (the same shakes whatever it is); with `jpeg`,
-    the blurred photo saved as a JPEG of that quality, as a camera or a web page keeps it."""
+    the blurred photo saved as a JPEG of that quality, as a camera or a web page keeps it; with
+    `linear_light`, blurred as a sensor blurs (blurs.blurred_in_linear_light)."""
+    blurred_as = blurred_in_linear_light if linear_light else blur
     generator = torch.Generator().manual_seed(SHAKES)
     for name in PHOTOS:
         sharp = photo(name)
         for reach in REACHES:
             truth = camera_shake(reach, WIDTH // 2, generator)
             noise = 1 + (most_noise - 1) * float(torch.rand((), generator=generator))
-            blurred = photographed(blur(sharp, truth), noise, generator)
+            blurred = photographed(blurred_as(sharp, truth), noise, generator)
             yield (
                 name,
                 reach,
@@ -167,6 +176,7 @@ def main():
     parser.add_argument(
         "--jpeg", type=int, help="save each blurred photo as a JPEG of this quality"
     )
+    parser.add_argument("--linear_light", action="store_true", help="blur as a sensor does")
     args = parser.parse_args()
     torch.set_num_threads(2)
     net, trained = load_network(args.checkpoint)
@@ -176,7 +186,9 @@ def main():
         "photo            reach  noise  blurred  true k  estimated  Wiener est  blind  k error  s"
         "  fitted to sharp"
     )
-    for name, reach, noise, sharp, truth, blurred in cases(jpeg=args.jpeg):
+    for name, reach, noise, sharp, truth, blurred in cases(
+        jpeg=args.jpeg, linear_light=args.linear_light
+    ):
         began = time.perf_counter()
         told = estimated_noise(blurred, jpeg=bool(args.jpeg))  # as --apply reads it
         kernel, doubt = estimate_kernel(blurred, WIDTH, told, say=lambda line: None)

@@ -218,3 +218,16 @@ def test_noise_between_two_8_bit_steps_is_told_between_them():
         for level in (1.2, 1.7)
     ]
     assert told[1] - told[0] == pytest.approx(0.5, abs=0.1)
+
+
+def test_a_blur_in_linear_light_averages_the_light_not_the_stored_values():
+    edge = torch.zeros(1, 3, 8, 8)
+    edge[..., 4:] = 1.0  # black, then white
+    halves = torch.zeros(3, 3, dtype=torch.float64)
+    halves[1, 1:] = 0.5  # each pixel half itself, half its neighbour
+    stored, light = blur(edge, halves), blurs.blurred_in_linear_light(edge, halves)
+    mixed = stored[0, 0, 0].sub(0.5).abs().argmin()  # the pixel where black and white meet
+    assert float(stored[0, 0, 0, mixed]) == pytest.approx(0.5, abs=1e-4)
+    assert float(light[0, 0, 0, mixed]) == pytest.approx(0.7354, abs=1e-3)  # sRGB's half light
+    assert torch.allclose(light[..., :3], edge[..., :3], atol=1e-4)  # away from it: unchanged
+    assert torch.allclose(light[..., 5:], edge[..., 5:], atol=1e-4)
