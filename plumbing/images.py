@@ -3,6 +3,7 @@ back (a folder of them: photo_folder.py). Blurring is blurs.py's; deblurring, th
 """
 
 import math
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
@@ -178,9 +179,11 @@ def check_photo_fits_estimation(photo, width):
 
 
 def is_jpeg(path):
-    """Whether the image file is a JPEG (a camera's MPO is one too): its noise is read otherwise."""
-    with Image.open(path) as image:
+    """Whether the image file is a JPEG (a camera's MPO is one too): its noise is read otherwise
+    (deconvolution.estimated_noise). A file gone or changed since it was read is taken as none."""
+    with suppress(OSError), Image.open(path) as image:
         return image.format in ("JPEG", "MPO")
+    return False
 
 
 def image_to_tensor(image, device, dtype=torch.float32):

@@ -158,3 +158,11 @@ def test_a_frame_is_made_of_block_means_without_a_resize_mps_refuses(monkeypatch
     first, last = image[0, :, :3, :3].mean((1, 2)), image[0, :, -3:, -2:].mean((1, 2))
     assert torch.equal(small[0, 0], (first * 255).round().byte())
     assert torch.equal(small[-1, -1], (last * 255).round().byte())
+
+
+def test_a_photo_is_taken_as_a_jpeg_by_its_contents_and_a_vanished_one_as_none(tmp_path):
+    save_photo(tmp_path, "photo.png")
+    make_photo().save(tmp_path / "named.png", "JPEG")  # a JPEG, whatever its name says
+    assert images.is_jpeg(tmp_path / "named.png")
+    assert not images.is_jpeg(tmp_path / "photo.png")
+    assert not images.is_jpeg(tmp_path / "gone.jpg")
