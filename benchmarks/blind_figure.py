@@ -36,7 +36,10 @@ from results import captioned  # noqa: E402
 SHOWN = ("ihc", 11)  # the validation photo and shake shown (no known copyright restrictions)
 INSET = 3  # a kernel's pixels are drawn this many times larger in the corner
 CLOCK_WIDTHS = {  # the squares its blur is sought in, and what comes of each
-    WIDTH: ("blind, as it runs: its blur reaches across", "the 31-px square; said, and left alone"),
+    WIDTH: (
+        "blind, as it runs: its blur reaches across",
+        f"the {WIDTH}-px square; said, left alone",
+    ),
     45: ("blind, --kernel_size 45: a blur is found", "and the face sharper, but the wall rings"),
 }
 
