@@ -66,8 +66,8 @@ def estimate_kernel(photo, width, noise, between_rounds=None, say=print):
     kernel = without_haze(kernel)
     if spans_its_square(kernel):
         return None, (
-            f"the blur found reaches across the whole {width}-px square it was sought in: it is "
-            f"wider, and undoing a cut-off blur rings (a larger kernel_size may find it)"
+            f"the blur found reaches across the whole {width}-px square it was sought in: it may "
+            f"be wider, and undoing a cut-off blur rings (a larger --kernel_size may find it)"
         )
     return kernel, None
 
@@ -84,7 +84,8 @@ def spans_its_square(kernel):
     """Whether the kernel's path (its values of at least PATH x its peak, not the faint haze a fit
     leaves) touches two opposite sides of its square. Centred on its centroid, a blur that fits
     has room left on both sides (on the validation photos every estimate did); one that reaches
-    both was cut off where the square ends, or is noise spread all over it."""
+    both was cut off where the square ends, or is noise spread all over it (a blur exactly as
+    wide as the square cannot be told from a cut-off one: the square must leave it room)."""
     path = kernel >= PATH * kernel.max()
     rows, columns = path.any(1), path.any(0)
     return bool((rows[0] and rows[-1]) or (columns[0] and columns[-1]))

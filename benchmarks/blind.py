@@ -20,7 +20,6 @@ estimate's. The means at the end are over every photo and shake.
 """
 
 import argparse
-import io
 import math
 import statistics
 import sys
@@ -56,7 +55,7 @@ from kernel_estimation import (  # noqa: E402
     without_haze,
 )
 from plumbing.checkpoints import SHIPPED_MODEL  # noqa: E402
-from plumbing.images import image_to_tensor, tensor_to_image  # noqa: E402
+from plumbing.images import as_saved_jpeg, image_to_tensor  # noqa: E402
 
 SHAKES = 2**32 + 78  # the validation generator of any_blur.py: no training run draws from it
 SKIMAGE = Path(skimage.__file__).parent / "data"
@@ -157,16 +156,8 @@ def cases(most_noise=3.0, jpeg=None, linear_light=False):
                 noise,
                 sharp,
                 truth,
-                saved_as_jpeg(blurred, jpeg) if jpeg else blurred,
+                as_saved_jpeg(blurred, jpeg) if jpeg is not None else blurred,
             )
-
-
-def saved_as_jpeg(image, quality):
-    """The (1, 3, H, W) image as Pillow saves and reads it back as a JPEG of `quality` (its
-    chroma halved each way, as Pillow and most cameras do)."""
-    buffer = io.BytesIO()
-    tensor_to_image(image).save(buffer, "JPEG", quality=quality)
-    return image_to_tensor(Image.open(buffer).convert("RGB"), "cpu")
 
 
 def main():
@@ -190,7 +181,7 @@ def main():
         jpeg=args.jpeg, linear_light=args.linear_light
     ):
         began = time.perf_counter()
-        told = estimated_noise(blurred, jpeg=bool(args.jpeg))  # as --apply reads it
+        told = estimated_noise(blurred, jpeg=args.jpeg is not None)  # as --apply reads it
         kernel, doubt = estimate_kernel(blurred, WIDTH, told, say=lambda line: None)
         seconds = time.perf_counter() - began
         kernel = NO_BLUR if doubt else kernel

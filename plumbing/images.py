@@ -2,6 +2,7 @@
 back (a folder of them: photo_folder.py). Blurring is blurs.py's; deblurring, the method's.
 """
 
+import io
 import math
 from contextlib import suppress
 from pathlib import Path
@@ -184,6 +185,14 @@ def is_jpeg(path):
     with suppress(OSError), Image.open(path) as image:
         return image.format in ("JPEG", "MPO")
     return False
+
+
+def as_saved_jpeg(image, quality):
+    """A (1, 3, H, W) image as it comes back from a JPEG of `quality` (Pillow's: chroma halved
+    each way, as most cameras do): a photo as a camera or a web page keeps it."""
+    buffer = io.BytesIO()
+    tensor_to_image(image).save(buffer, "JPEG", quality=quality)
+    return image_to_tensor(Image.open(buffer).convert("RGB"), "cpu")
 
 
 def image_to_tensor(image, device, dtype=torch.float32):

@@ -102,8 +102,9 @@ def kernel_image(path):
 def blind_kernel(estimate, photo, noise, cfg, stop, photo_path):
     """--apply's kernel for a photo no one measured: `estimate`d from it (kernel_estimation's
     estimate_kernel), up to cfg.kernel_size pixels wide, saved beside the result and said; or
-    none (1x1) where the photo's edges are too faint to tell its blur by, said: the network, told
-    there is no blur, leaves the photo nearly as it is. A stop request ends it between rounds."""
+    none (1x1) where the photo cannot tell its blur (edges too faint or too fine, a blur reaching
+    across the square), said: the network, told there is no blur, leaves the photo nearly as it
+    is. A stop request ends it between rounds."""
     width = cfg.kernel_size | 1  # odd: a middle pixel
     check_photo_fits_estimation(photo, width)
     kernel, doubt = estimate(photo, width, noise, lambda: stop_point(stop))

@@ -2,7 +2,6 @@
 saved beside the result and said, then undone by the any-blur network; a photo whose edges cannot
 tell a blur is left nearly as it is; the model that ships with Deblur does it on a fresh clone."""
 
-import io
 import os
 import signal
 
@@ -25,7 +24,7 @@ from kernel_estimation import (
     wide_edges,
 )
 from plumbing.checkpoints import SHIPPED_MODEL
-from plumbing.images import image_to_tensor, tensor_to_image
+from plumbing.images import as_saved_jpeg, image_to_tensor
 from plumbing.kernel_file import read_kernel
 
 
@@ -65,13 +64,6 @@ def blurred_text(kernel, size=96, seed=0):
                 page[top + rng.integers(2) : top + 6 + rng.integers(2), left] = 0.1
     photo = blur(page.expand(1, 3, size, size), kernel)
     return photographed(photo, 0.5, torch.Generator().manual_seed(0))
-
-
-def saved_as_jpeg(image, quality):
-    """The (1, 3, H, W) image as it comes back from a JPEG of `quality`."""
-    buffer = io.BytesIO()
-    tensor_to_image(image).save(buffer, "JPEG", quality=quality)
-    return image_to_tensor(Image.open(buffer).convert("RGB"), "cpu")
 
 
 def save_blurred_photo(folder, size=96):
@@ -174,7 +166,7 @@ def test_a_photo_that_cannot_tell_its_blur_gets_none(photo, noise, words):
     pixels = {
         "flat": torch.full((1, 3, 64, 64), 0.4),
         "faint": 0.5 + 0.01 * blurred_photo(np.ones((1, 1)), noise=0, size=64),
-        "faint, as a JPEG": saved_as_jpeg(photographed(faint, 2.0, torch.Generator()), 85),
+        "faint, as a JPEG": as_saved_jpeg(photographed(faint, 2.0, torch.Generator()), 85),
         "clipped": torch.ones(1, 3, 64, 64).index_fill_(2, torch.arange(10), 0.2),
         "text": blurred_text(np.pad(blur_kernel("motion", 5.0, 100.0), 2)),
         "wider than the square": blurred_photo(blur_kernel("motion", 6.0, 30.0)),  # 13 px
@@ -297,10 +289,10 @@ def test_a_jpegs_noise_is_told_as_at_least_what_its_compression_hides(tmp_path, 
     for photo in (png, tmp_path / "photo.jpg"):
         assert apply_deblur(photo, tmp_path / "out", SHIPPED_MODEL, "--kernel_size", "11") == 0
     said = capsys.readouterr().out
-    noises = [
+    png_noise, jpeg_noise = [
         float(line.split(" at ")[1].split()[0]) for line in said.splitlines() if "noise at" in line
     ]
-    assert noises[0] < 1 and noises[1] == JPEG_NOISE
+    assert png_noise < 1 and jpeg_noise == JPEG_NOISE
 
 
 def test_a_given_noise_level_beyond_what_the_network_learned_is_said_and_one_within_is_not(
