@@ -26,6 +26,7 @@ SUPPORT_REACH = 2  # pixels a finer scale's kernel may reach beyond the coarser 
 CLIPPED = 254 / 255  # pixels this bright may have been clipped: no edge near them is trusted
 EDGES_OVER_NOISE = 20  # the strongest edges (0.1%) must stand this far above the noise
 WIDE_SHARE = 0.6  # at least this share of the strongest edges (2%) must be wide_edges
+HAZE = 0.05  # a kernel's values under this share of its peak are haze: taken away
 PATH = 0.25  # a kernel's values this share of its peak are its path, not the haze around it
 
 
@@ -73,10 +74,10 @@ def estimate_kernel(photo, width, noise, between_rounds=None, say=print):
 
 
 def without_haze(kernel):
-    """The kernel as a NumPy array, summing to 1, without the faint haze (under a twentieth of its
-    peak) that least squares leaves around it."""
+    """The kernel as a NumPy array, summing to 1, without the faint haze (under HAZE x its peak)
+    that least squares leaves around it."""
     kernel = kernel.double().cpu().numpy()
-    kernel[kernel < kernel.max() / 20] = 0
+    kernel[kernel < kernel.max() * HAZE] = 0
     return kernel / kernel.sum()
 
 
@@ -302,7 +303,7 @@ def latent_image(padded, kernel, weight):
 def kernel_fitting(edges, blurred_edges, width, support=None, iterations=60):
     """argmin over the width x width k of |k * edges - blurred_edges|^2 + KERNEL_DAMPING |k|^2,
     k zero outside `support` (a 0/1 mask; None: all free), by conjugate gradients, each product
-    by FFT (Cho & Lee's kernel step); its values under a twentieth of its peak then zeroed."""
+    by FFT (Cho & Lee's kernel step); its values under HAZE x its peak then zeroed."""
     size = edges.shape[-2:]
     free = torch.ones(width, width, device=edges.device) if support is None else support
     latent_spectra = torch.fft.rfft2(edges)
@@ -327,7 +328,7 @@ def kernel_fitting(edges, blurred_edges, width, support=None, iterations=60):
         residual = residual - step * product
         previous, residual_norm = residual_norm, residual.square().sum()
         direction = residual + residual_norm / previous * direction
-    return kernel * (kernel >= kernel.max() * 0.05)
+    return kernel * (kernel >= kernel.max() * HAZE)
 
 
 def around_origin(image, width):

@@ -25,6 +25,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import skimage
 import torch
@@ -186,43 +187,69 @@ def main():
         seconds = time.perf_counter() - began
         kernel = NO_BLUR if doubt else kernel
         base = psnr_aligned(blurred, sharp)
-        gains = [
+        ceiling = kernel_fitted_to_sharp(sharp, blurred)
+        row = Row(
+            name,
+            reach,
+            noise,
+            base,
             psnr_aligned(restored(net, trained, blurred, truth, noise), sharp) - base,
             psnr_aligned(restored(net, trained, blurred, kernel, told), sharp) - base,
             psnr_aligned(wiener_by_rule(blurred, kernel, told), sharp) - base,
             psnr_aligned(restored(*blind, blurred, None, 0), sharp) - base if blind else 0,
-        ]
-        ceiling = kernel_fitted_to_sharp(sharp, blurred)
-        ceiling_gain = psnr_aligned(restored(net, trained, blurred, ceiling, told), sharp) - base
-        error = 1.0 if doubt else kernel_error(kernel, truth)
-        rows.append((name, reach, noise, base, *gains, error, seconds, ceiling_gain))
-        print(
-            f"{name:16s} {reach:5d} {noise:6.2f} {base:8.2f} {gains[0]:+7.2f} "
-            f"{gains[1]:+10.2f} {gains[2]:+11.2f} {gains[3]:+6.2f} {error:8.2f} {seconds:4.1f}"
-            f" {ceiling_gain:+16.2f}"
-            + ("  (no blur undone: the estimate doubted)" if doubt else ""),
-            flush=True,
+            1.0 if doubt else kernel_error(kernel, truth),
+            seconds,
+            psnr_aligned(restored(net, trained, blurred, ceiling, told), sharp) - base,
         )
+        rows.append(row)
+        print(said(row) + ("  (no blur undone: the estimate doubted)" if doubt else ""), flush=True)
     for name in PHOTOS:
-        mine = [row for row in rows if row[0] == name]
-        kept, ceiling = (
-            statistics.mean(row[column] for row in mine) / statistics.mean(row[4] for row in mine)
-            for column in (5, 10)
-        )
+        mine = [row for row in rows if row.photo == name]
+        true_gain = statistics.mean(row.true_kernel for row in mine)
+        kept = statistics.mean(row.estimated for row in mine) / true_gain
+        ceiling = statistics.mean(row.fitted_to_sharp for row in mine) / true_gain
         print(
             f"{name}: the estimated kernel keeps {kept:.0%} of the true kernel's gain "
             f"(the kernel fitted to the sharp photo {ceiling:.0%})"
         )
-    means = [statistics.mean(row[column] for row in rows) for column in range(3, 11)]
+    means = {field: statistics.mean(getattr(row, field) for row in rows) for field in MEASURED}
+    print(said(Row("mean", None, None, **means)))
+    below = sum(row.estimated < 0 for row in rows)
     print(
-        f"{'mean':16s} {'':5s} {'':6s} {means[0]:8.2f} {means[1]:+7.2f} {means[2]:+10.2f} "
-        f"{means[3]:+11.2f} {means[4]:+6.2f} {means[5]:8.2f} {means[6]:4.1f} {means[7]:+16.2f}"
+        f"The estimated kernel keeps {means['estimated'] / means['true_kernel']:.0%} of the true "
+        f"kernel's gain; {below} of {len(rows)} results end below their blurred input "
+        f"(worst {min(row.estimated for row in rows):+.2f} dB)"
     )
-    below = sum(row[5] < 0 for row in rows)
-    print(
-        f"The estimated kernel keeps {means[2] / means[1]:.0%} of the true kernel's gain; "
-        f"{below} of {len(rows)} results end below their blurred input "
-        f"(worst {min(row[5] for row in rows):+.2f} dB)"
+
+
+class Row(NamedTuple):
+    """One photo and shake: the blurred input's PSNR, each method's gain over it (dB), the kernel
+    error, the estimate's seconds."""
+
+    photo: str
+    reach: int | None
+    noise: float | None
+    blurred: float
+    true_kernel: float
+    estimated: float
+    wiener_estimated: float
+    blind: float
+    kernel_error: float
+    seconds: float
+    fitted_to_sharp: float
+
+
+MEASURED = Row._fields[3:]  # what the mean row averages
+
+
+def said(row):
+    """The row as the table prints it (a mean row has no reach nor noise)."""
+    reach = "" if row.reach is None else row.reach
+    noise = "" if row.noise is None else f"{row.noise:.2f}"
+    return (
+        f"{row.photo:16s} {reach:5} {noise:>6s} {row.blurred:8.2f} {row.true_kernel:+7.2f} "
+        f"{row.estimated:+10.2f} {row.wiener_estimated:+11.2f} {row.blind:+6.2f} "
+        f"{row.kernel_error:8.2f} {row.seconds:4.1f} {row.fitted_to_sharp:+16.2f}"
     )
 
 
