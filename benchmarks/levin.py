@@ -1,0 +1,145 @@
+"""Blind --apply measured on real camera shake: Levin et al.'s (2009) benchmark, 4 photos of 255 x
+255 pixels (grey), each taken 8 times with a shaking camera, the 8 kernels (13 to 27 px) measured
+from points of light photographed beside them. A published benchmark: measured here, never tuned
+on (every setting was chosen on benchmarks/blind.py's photos). Its files are not in the repository;
+the layout read is that of SelfDeblur's copy (github.com/csdwren/SelfDeblur, datasets/levin):
+
+    python benchmarks/levin.py --data levin  # gt/im1.png, gt/kernel1.png, im1_kernel1_img.png
+
+For each blurred photo, the PSNR of: the input; the shipped model with the measured kernel; blind
+(the kernel estimated as --apply estimates it, its doubts included); Wiener and total variation
+(their rules, tuned on Deblur's own photos) with each kernel; all told the noise read from the
+photo, as --apply. PSNR as the benchmark's own comp_upto_shift: a 15-pixel border left out, the
+best shift up to 5 pixels in quarters of a pixel. The published rows: the papers' means so read.
+"""
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from blind import WIDTH, kernel_error, load_network, psnr_aligned, restored  # noqa: E402
+
+from blurs import NO_BLUR, blur  # noqa: E402
+from deconvolution import (  # noqa: E402
+    estimated_noise,
+    sparse_deconvolution,
+    sparse_fidelity,
+    wiener_by_rule,
+)
+from kernel_estimation import estimate_kernel  # noqa: E402
+from plumbing.checkpoints import SHIPPED_MODEL  # noqa: E402
+
+PHOTOS, KERNELS = range(1, 5), range(1, 9)
+COLUMNS = (
+    "blurred",
+    "measured kernel",
+    "blind",
+    "Wiener, measured",
+    "Wiener, blind",
+    "TV, measured",
+    "TV, blind",
+)  # PSNR, dB
+BORDER, MOST_SHIFT = 15, 5  # comp_upto_shift's crop and its largest shift, in pixels
+PUBLISHED = {  # mean PSNR on this benchmark, as Ren et al. (2020, SelfDeblur, Table 1) list them
+    "the measured kernel (the papers' non-blind step)": 34.53,
+    "Krishnan et al. 2011": 29.88,
+    "Cho & Lee 2009": 30.57,
+    "Levin et al. 2011": 30.80,
+    "Xu & Jia 2010": 31.67,
+    "Pan et al. 2016 (dark channel)": 32.69,
+    "SelfDeblur (Ren et al. 2020)": 33.07,
+}
+
+
+def grey(path):
+    """A grey PNG as a (1, 3, H, W) float tensor in [0, 1], as --apply reads a grey photo."""
+    pixels = torch.from_numpy(np.array(Image.open(path).convert("L"))).float() / 255
+    return pixels.expand(1, 3, *pixels.shape)
+
+
+def measured_kernel(path, sharp, blurred):
+    """The kernel PNG, summing to 1, turned the way it blurs the sharp photo into the blurred one:
+    SelfDeblur's copy holds six of the eight turned half a turn (as PyTorch's conv2d, which
+    correlates, applies them), kernels 4 and 8 as measured; a wrong turn costs 15 to 20 dB here."""
+    kernel = grey(path)[0, 0].double()
+    kernel = kernel / kernel.sum()
+    turns = (kernel, kernel.flip(0, 1))
+    fit = lambda k: psnr_aligned(blur(sharp, k.float()), blurred, BORDER, 2 * MOST_SHIFT)  # noqa: E731
+    return max(turns, key=fit).numpy()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--data", required=True, help="the benchmark's folder (SelfDeblur's layout)"
+    )
+    parser.add_argument("--checkpoint", default=str(SHIPPED_MODEL), help="an any-blur network")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    net, trained = load_network(args.checkpoint)
+    data = Path(args.data)
+    rows = []
+    print("photo kernel   size  noise  " + "  ".join(COLUMNS) + "  k error  s")
+    for photo in PHOTOS:
+        sharp = grey(data / "gt" / f"im{photo}.png")
+        for number in KERNELS:
+            blurred = grey(data / f"im{photo}_kernel{number}_img.png")
+            truth = measured_kernel(data / "gt" / f"kernel{number}.png", sharp, blurred)
+            began = time.perf_counter()
+            noise = estimated_noise(blurred)  # as --apply reads it
+            kernel, doubt = estimate_kernel(blurred, WIDTH, noise, say=lambda line: None)
+            seconds = time.perf_counter() - began
+            estimated = NO_BLUR if doubt else kernel
+            fidelity = sparse_fidelity(noise)
+            results = (
+                blurred,
+                restored(net, trained, blurred, truth, noise),
+                restored(net, trained, blurred, estimated, noise),
+                wiener_by_rule(blurred, truth, noise),
+                wiener_by_rule(blurred, estimated, noise),
+                sparse_deconvolution(blurred, torch.from_numpy(truth).float(), fidelity),
+                sparse_deconvolution(blurred, torch.from_numpy(estimated).float(), fidelity),
+            )
+            psnrs = [psnr_aligned(image, sharp, BORDER, MOST_SHIFT) for image in results]
+            rows.append(psnrs)
+            error = "doubted" if doubt else f"{kernel_error(padded(kernel), padded(truth)):.2f}"
+            print(
+                f"im{photo}   kernel{number}  {truth.shape[0]:2d} px  {noise:.2f}  "
+                + said(psnrs)
+                + f"  {error:>7}  {seconds:.1f}",
+                flush=True,
+            )
+    means = [statistics.mean(row[column] for row in rows) for column in range(len(COLUMNS))]
+    print("mean                       " + said(means))
+    blurred, measured, blind = means[:3]
+    kept = (blind - blurred) / (measured - blurred)
+    below = sum(row[2] < row[0] for row in rows)
+    print(
+        f"Blind keeps {kept:.0%} of the measured kernel's gain; {below} of {len(rows)} below input"
+    )
+    print("Published, mean PSNR on this benchmark:")
+    for method, value in PUBLISHED.items():
+        print(f"  {value:.2f}  {method}")
+
+
+def said(psnrs):
+    """The PSNRs, each under its column's name."""
+    return "  ".join(f"{value:{len(name)}.2f}" for value, name in zip(psnrs, COLUMNS, strict=True))
+
+
+def padded(kernel):
+    """The kernel in the middle of a WIDTH x WIDTH square, as kernel_error compares them."""
+    margin = (WIDTH - kernel.shape[0]) // 2
+    return np.pad(kernel, margin)
+
+
+if __name__ == "__main__":
+    main()
