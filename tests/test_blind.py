@@ -2,13 +2,21 @@
 saved beside the result and said, then undone by the any-blur network; a photo whose edges cannot
 tell a blur is left nearly as it is; the model that ships with Deblur does it on a fresh clone."""
 
+import importlib
 import os
 import signal
 
 import numpy as np
 import pytest
 import torch
-from conftest import apply_deblur, blur_lines_as_shipped, digests, run_deblur, save_photo
+from conftest import (
+    ROOT,
+    apply_deblur,
+    blur_lines_as_shipped,
+    digests,
+    run_deblur,
+    save_photo,
+)
 from PIL import Image
 
 import Deblur
@@ -306,3 +314,23 @@ def test_a_given_noise_level_beyond_what_the_network_learned_is_said_and_one_wit
     said = capsys.readouterr().out
     assert "--noise_level 30; far beyond the 8 the network was trained on" in said
     assert "--noise_level 8" not in said and "estimated the photo's noise" not in said
+
+
+def test_the_real_shake_benchmark_turns_each_kernel_file_the_way_it_blurs_its_photo(
+    tmp_path, monkeypatch
+):
+    """benchmarks/levin.py reads kernel files that may be turned half a turn (SelfDeblur's copy
+    holds six of eight so): each is measured the way that blurs the sharp photo into the blurred
+    one, which a kernel taken as its file holds it would get wrong."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    levin = importlib.import_module("levin")
+    sharp = image_to_tensor(shapes_photo(size=96), "cpu")
+    kernel = np.zeros((7, 7))
+    kernel[3, 1:7] = 1  # a stroke to the right, then a tail down: no half turn maps it to itself
+    kernel[4:7, 6] = 1
+    kernel /= kernel.sum()
+    file = tmp_path / "kernel1.png"
+    Image.fromarray(np.uint8(kernel / kernel.max() * 255)).save(file)
+    for turned in (kernel, kernel[::-1, ::-1]):
+        blurred = blur(sharp, torch.from_numpy(turned.copy()).float())
+        assert np.allclose(levin.measured_kernel(file, sharp, blurred), turned)
