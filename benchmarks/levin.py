@@ -72,7 +72,10 @@ def measured_kernel(path, sharp, blurred):
     kernel = grey(path)[0, 0].double()
     kernel = kernel / kernel.sum()
     turns = (kernel, kernel.flip(0, 1))
-    fit = lambda k: psnr_aligned(blur(sharp, k.float()), blurred, BORDER, 2 * MOST_SHIFT)  # noqa: E731
+
+    def fit(turn):  # a kernel's centroid may lie 3 px off its middle: twice the shifts searched
+        return psnr_aligned(blur(sharp, turn.float()), blurred, BORDER, 2 * MOST_SHIFT)
+
     return max(turns, key=fit).numpy()
 
 
@@ -108,7 +111,10 @@ def main():
                 sparse_deconvolution(blurred, torch.from_numpy(truth).float(), fidelity),
                 sparse_deconvolution(blurred, torch.from_numpy(estimated).float(), fidelity),
             )
-            psnrs = [psnr_aligned(image, sharp, BORDER, MOST_SHIFT) for image in results]
+            psnrs = {
+                name: psnr_aligned(image, sharp, BORDER, MOST_SHIFT)
+                for name, image in zip(COLUMNS, results, strict=True)
+            }
             rows.append(psnrs)
             error = "doubted" if doubt else f"{kernel_error(padded(kernel), padded(truth)):.2f}"
             print(
@@ -117,11 +123,11 @@ def main():
                 + f"  {error:>7}  {seconds:.1f}",
                 flush=True,
             )
-    means = [statistics.mean(row[column] for row in rows) for column in range(len(COLUMNS))]
+    means = {name: statistics.mean(row[name] for row in rows) for name in COLUMNS}
     print("mean                       " + said(means))
-    blurred, measured, blind = means[:3]
-    kept = (blind - blurred) / (measured - blurred)
-    below = sum(row[2] < row[0] for row in rows)
+    gain = {name: means[name] - means["blurred"] for name in ("measured kernel", "blind")}
+    kept = gain["blind"] / gain["measured kernel"]
+    below = sum(row["blind"] < row["blurred"] for row in rows)
     print(
         f"Blind keeps {kept:.0%} of the measured kernel's gain; {below} of {len(rows)} below input"
     )
@@ -131,8 +137,8 @@ def main():
 
 
 def said(psnrs):
-    """The PSNRs, each under its column's name."""
-    return "  ".join(f"{value:{len(name)}.2f}" for value, name in zip(psnrs, COLUMNS, strict=True))
+    """The PSNRs ({column: dB}), each under its column's name."""
+    return "  ".join(f"{psnrs[name]:{len(name)}.2f}" for name in COLUMNS)
 
 
 def padded(kernel):
