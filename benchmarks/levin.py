@@ -9,8 +9,9 @@ the layout read is that of SelfDeblur's copy (github.com/csdwren/SelfDeblur, dat
 For each blurred photo, the PSNR of: the input; the shipped model with the measured kernel; blind
 (the kernel estimated as --apply estimates it, its doubts included); Wiener and total variation
 (their rules, tuned on Deblur's own photos) with each kernel; all told the noise read from the
-photo, as --apply. PSNR as the benchmark's own comp_upto_shift: a 15-pixel border left out, the
-best shift up to 5 pixels in quarters of a pixel. The published rows: the papers' means so read.
+photo, as --apply. PSNR after the benchmark's comp_upto_shift: a 15-pixel border left out, the
+best shift in whole pixels up to 5, then in quarters around it (comp_upto_shift tries every
+quarter). The published rows: the papers' means under comp_upto_shift.
 """
 
 import argparse
@@ -34,7 +35,7 @@ from deconvolution import (  # noqa: E402
     sparse_fidelity,
     wiener_by_rule,
 )
-from kernel_estimation import estimate_kernel  # noqa: E402
+from kernel_estimation import centred_on_centroid, estimate_kernel  # noqa: E402
 from plumbing.checkpoints import SHIPPED_MODEL  # noqa: E402
 
 PHOTOS, KERNELS = range(1, 5), range(1, 9)
@@ -46,7 +47,7 @@ COLUMNS = (
     "Wiener, blind",
     "TV, measured",
     "TV, blind",
-)  # PSNR, dB
+)  # each a PSNR in dB
 BORDER, MOST_SHIFT = 15, 5  # comp_upto_shift's crop and its largest shift, in pixels
 PUBLISHED = {  # mean PSNR on this benchmark, as Ren et al. (2020, SelfDeblur, Table 1) list them
     "the measured kernel (the papers' non-blind step)": 34.53,
@@ -74,8 +75,8 @@ def measured_kernel(path, sharp, blurred):
     kernel = kernel / kernel.sum()
     turns = (kernel, kernel.flip(0, 1))
 
-    def fit(turn):  # a kernel's centroid may lie 3 px off its middle: twice the shifts searched
-        return psnr_aligned(blur(sharp, turn.float()), blurred, BORDER, 2 * MOST_SHIFT)
+    def fit(turn):
+        return psnr_aligned(blur(sharp, turn.float()), blurred, BORDER, MOST_SHIFT)
 
     return max(turns, key=fit).numpy()
 
@@ -98,26 +99,26 @@ def main():
             blurred = grey(data / f"im{photo}_kernel{number}_img.png")
             truth = measured_kernel(data / "gt" / f"kernel{number}.png", sharp, blurred)
             began = time.perf_counter()
-            noise = estimated_noise(blurred)  # as --apply reads it
+            noise = estimated_noise(blurred)
             kernel, doubt = estimate_kernel(blurred, WIDTH, noise, say=lambda line: None)
             seconds = time.perf_counter() - began
             estimated = NO_BLUR if doubt else kernel
             fidelity = sparse_fidelity(noise)
-            results = (
-                blurred,
-                restored(net, trained, blurred, truth, noise),
-                restored(net, trained, blurred, estimated, noise),
-                wiener_by_rule(blurred, truth, noise),
-                wiener_by_rule(blurred, estimated, noise),
-                sparse_deconvolution(blurred, torch.from_numpy(truth).float(), fidelity),
-                sparse_deconvolution(blurred, torch.from_numpy(estimated).float(), fidelity),
-            )
+            measured, blind = (torch.from_numpy(k).float() for k in (truth, estimated))
+            results = {
+                "blurred": blurred,
+                "measured kernel": restored(net, trained, blurred, truth, noise),
+                "blind": restored(net, trained, blurred, estimated, noise),
+                "Wiener, measured": wiener_by_rule(blurred, truth, noise),
+                "Wiener, blind": wiener_by_rule(blurred, estimated, noise),
+                "TV, measured": sparse_deconvolution(blurred, measured, fidelity),
+                "TV, blind": sparse_deconvolution(blurred, blind, fidelity),
+            }
             psnrs = {
-                name: psnr_aligned(image, sharp, BORDER, MOST_SHIFT)
-                for name, image in zip(COLUMNS, results, strict=True)
+                name: psnr_aligned(results[name], sharp, BORDER, MOST_SHIFT) for name in COLUMNS
             }
             rows.append(psnrs)
-            error = "doubted" if doubt else f"{kernel_error(padded(kernel), padded(truth)):.2f}"
+            error = "doubted" if doubt else f"{kernel_error(kernel, centred(truth)):.2f}"
             print(
                 f"im{photo}   kernel{number}  {truth.shape[0]:2d} px  {noise:.2f}  "
                 + said(psnrs)
@@ -142,10 +143,13 @@ def said(psnrs):
     return "  ".join(f"{psnrs[name]:{len(name)}.2f}" for name in COLUMNS)
 
 
-def padded(kernel):
-    """The kernel in the middle of a WIDTH x WIDTH square, as kernel_error compares them."""
-    margin = (WIDTH - kernel.shape[0]) // 2
-    return np.pad(kernel, margin)
+def centred(kernel):
+    """An odd kernel in a WIDTH x WIDTH square, centred on its centroid as an estimate is: what
+    kernel_error compares (it tries shifts of 3 pixels; a measured kernel's centroid may lie more
+    than 3 off its middle)."""
+    assert kernel.shape[0] % 2 == 1 and kernel.shape[0] <= WIDTH, kernel.shape
+    square = np.pad(kernel, (WIDTH - kernel.shape[0]) // 2)
+    return centred_on_centroid(torch.from_numpy(square)).numpy()
 
 
 if __name__ == "__main__":
